@@ -225,5 +225,7 @@ type CorruptionError struct {
 	Err  error
 }
 
-func (e *CorruptionError) Error() string { return fmt.Sprintf("spool: %s is damaged: %v", e.Path, e.Err) }
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("spool: %s is damaged: %v", e.Path, e.Err)
+}
 func (e *CorruptionError) Unwrap() error { return e.Err }

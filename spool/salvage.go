@@ -1,0 +1,327 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bbolt's on-disk constants (go.etcd.io/bbolt/internal/common), needed to
+// read a file whose tree bbolt can no longer walk.
+const (
+	boltMagic       = 0xED0CDAED
+	boltVersion     = 2
+	pageHeaderSize  = 16
+	leafElemSize    = 16
+	leafPageFlag    = 0x02
+	bucketLeafFlag  = 0x01
+	metaChecksumEnd = 56 // the meta fields the checksum covers
+)
+
+// errMetaDamaged marks damage to one of bbolt's two meta pages. bbolt would
+// silently fall back to the older one and so lose the last transaction;
+// salvage scans raw pages as well to find what that transaction wrote.
+var errMetaDamaged = errors.New("meta page damaged")
+
+// checkHeader validates bbolt's two meta pages itself, before bbolt opens
+// the file: a file with no valid meta is not a bbolt file (ErrNotSpool,
+// unless Ferry records can be found in it), one bad meta page is damage.
+func checkHeader(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("spool: open %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("spool: stat %s: %w", path, err)
+	}
+	buf := make([]byte, pageHeaderSize+64)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return notSpoolOrDamaged(path, fmt.Errorf("short file (%d bytes)", fi.Size()))
+	}
+	ok0, psize := validMeta(buf)
+	if !ok0 {
+		// Find meta 1 at the usual page sizes.
+		for _, ps := range []int64{4096, int64(os.Getpagesize()), 16384, 65536} {
+			if _, err := f.ReadAt(buf, ps); err == nil {
+				if ok1, ps1 := validMeta(buf); ok1 && int64(ps1) == ps {
+					return &CorruptionError{Path: path, Err: fmt.Errorf("%w: page 0", errMetaDamaged)}
+				}
+			}
+		}
+		return notSpoolOrDamaged(path, errors.New("no valid bbolt meta page"))
+	}
+	if _, err := f.ReadAt(buf, int64(psize)); err != nil {
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: page 1 missing (file truncated to %d bytes)", errMetaDamaged, fi.Size())}
+	}
+	if ok1, _ := validMeta(buf); !ok1 {
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: page 1", errMetaDamaged)}
+	}
+	return nil
+}
+
+func validMeta(p []byte) (bool, uint32) {
+	m := p[pageHeaderSize:]
+	if binary.LittleEndian.Uint32(m[0:]) != boltMagic || binary.LittleEndian.Uint32(m[4:]) != boltVersion {
+		return false, 0
+	}
+	h := fnv.New64a()
+	h.Write(m[:metaChecksumEnd])
+	if h.Sum64() != binary.LittleEndian.Uint64(m[metaChecksumEnd:]) {
+		return false, 0
+	}
+	return true, binary.LittleEndian.Uint32(m[8:])
+}
+
+// notSpoolOrDamaged decides between "this was never a spool" (refuse, touch
+// nothing) and "this is a spool with its header destroyed" (salvage).
+func notSpoolOrDamaged(path string, why error) error {
+	recs, _, err := rawScan(path)
+	if err == nil && len(recs) > 0 {
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %v", errMetaDamaged, why)}
+	}
+	return fmt.Errorf("%w: %s: %v", ErrNotSpool, path, why)
+}
+
+type salvaged struct {
+	id uint64
+	r  record
+}
+
+// salvage copies every readable message of the damaged file at path into a
+// fresh spool file, moves the damaged file aside and returns the report.
+func salvage(path string, opts Options, bopts *bolt.Options, cause error) (*SalvageReport, error) {
+	rep := &SalvageReport{Cause: cause}
+	found := map[uint64]record{}
+	lost, walked := walkTree(path, bopts, found)
+	if !walked || errors.Is(cause, errMetaDamaged) {
+		recs, _, err := rawScan(path)
+		if err != nil && !walked {
+			return nil, err
+		}
+		for _, x := range recs {
+			if _, ok := found[x.id]; !ok {
+				found[x.id] = x.r
+			}
+		}
+		rep.RawScan = true
+		lost = -1
+	}
+
+	tmp := path + ".salvage"
+	_ = os.Remove(tmp)
+	if err := writeFresh(tmp, found); err != nil {
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	rep.Damaged = fmt.Sprintf("%s.damaged-%s", path, opts.Now().UTC().Format("20060102T150405"))
+	if err := os.Rename(path, rep.Damaged); err != nil {
+		_ = os.Remove(tmp)
+		return nil, fmt.Errorf("move damaged file aside: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("install salvaged file: %w", err)
+	}
+	syncDir(filepath.Dir(path))
+	rep.Kept, rep.Lost, rep.Completed = len(found), lost, opts.Now()
+	return rep, nil
+}
+
+// walkTree reads the queue and DLQ buckets through bbolt, read-only, keeping
+// every record whose checksum holds. lost counts the others; walked is false
+// when bbolt could not open or walk the file.
+func walkTree(path string, bopts *bolt.Options, found map[uint64]record) (lost int, walked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			walked = false
+		}
+	}()
+	o := *bopts
+	o.ReadOnly, o.MaxSize = true, 0
+	db, err := bolt.Open(path, 0o400, &o)
+	if err != nil {
+		return 0, false
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for _, name := range append(bktLanes[:], bktDLQ) {
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			c := b.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				r, err := decodeRecord(v)
+				if len(k) != 8 || err != nil || r.kind == kindDelivered {
+					lost++
+					continue
+				}
+				r.data = append([]byte(nil), r.data...)
+				found[idOf(k)] = r
+			}
+		}
+		return nil
+	})
+	return lost, err == nil
+}
+
+// rawScan reads every page of the file and keeps the leaf elements that are
+// intact Ferry queue or DLQ records. Pages freed by later transactions still
+// hold old records, so this can return messages that were already
+// delivered: at-least-once, never less.
+func rawScan(path string) ([]salvaged, int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	psize := int64(4096)
+	hdr := make([]byte, pageHeaderSize+64)
+	if _, err := f.ReadAt(hdr, 0); err == nil {
+		if ok, ps := validMeta(hdr); ok {
+			psize = int64(ps)
+		}
+	}
+	seen := map[uint64]record{}
+	pages := 0
+	page := make([]byte, psize)
+	for off := 2 * psize; off+pageHeaderSize <= fi.Size(); {
+		n, err := f.ReadAt(page, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, pages, err
+		}
+		pages++
+		p := page[:n]
+		flags := binary.LittleEndian.Uint16(p[8:])
+		overflow := int64(binary.LittleEndian.Uint32(p[12:]))
+		span := psize
+		if flags == leafPageFlag {
+			if overflow > 0 && off+(overflow+1)*psize <= fi.Size() {
+				big := make([]byte, (overflow+1)*psize)
+				if _, err := f.ReadAt(big, off); err == nil {
+					p = big
+					span = int64(len(big))
+				}
+			}
+			scanLeaf(p, seen)
+		}
+		off += span
+	}
+	out := make([]salvaged, 0, len(seen))
+	for id, r := range seen {
+		out = append(out, salvaged{id, r})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out, pages, nil
+}
+
+func scanLeaf(p []byte, seen map[uint64]record) {
+	count := int(binary.LittleEndian.Uint16(p[10:]))
+	for i := range count {
+		at := pageHeaderSize + i*leafElemSize
+		if at+leafElemSize > len(p) {
+			return
+		}
+		e := p[at:]
+		flags := binary.LittleEndian.Uint32(e[0:])
+		pos := int(binary.LittleEndian.Uint32(e[4:]))
+		ksize := int(binary.LittleEndian.Uint32(e[8:]))
+		vsize := int(binary.LittleEndian.Uint32(e[12:]))
+		start := at + pos
+		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recFixed || start+ksize+vsize > len(p) {
+			continue
+		}
+		r, err := decodeRecord(p[start+ksize : start+ksize+vsize])
+		if err != nil || r.kind == kindDelivered {
+			continue
+		}
+		id := idOf(p[start : start+ksize])
+		if old, ok := seen[id]; ok && old.kind == kindDead {
+			continue // the DLQ copy is the later state of a message
+		}
+		r.data = append([]byte(nil), r.data...)
+		seen[id] = r
+	}
+}
+
+// writeFresh creates a new spool file at path holding recs.
+func writeFresh(path string, recs map[uint64]record) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType, NoSync: true})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	ids := make([]uint64, 0, len(recs))
+	for id := range recs {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	var c counts
+	next := uint64(1)
+	for len(ids) > 0 || next == 1 {
+		chunk := ids[:min(len(ids), 10000)]
+		ids = ids[len(chunk):]
+		err = db.Update(func(tx *bolt.Tx) error {
+			for _, name := range append(bktLanes[:], bktMeta, bktExpiry, bktDedupe, bktDedupeExp, bktDLQ, bktDelivered) {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
+			}
+			for _, id := range chunk {
+				r := recs[id]
+				v := r.encode()
+				size := int64(len(v) + 8)
+				if r.kind == kindDead {
+					c.dlq++
+					c.dlqB += size
+					if err := tx.Bucket(bktDLQ).Put(u64(id), v); err != nil {
+						return err
+					}
+				} else {
+					c.lanes[r.priority][0]++
+					c.lanes[r.priority][1] += size
+					if err := tx.Bucket(bktLanes[r.priority]).Put(u64(id), v); err != nil {
+						return err
+					}
+					if r.expires != 0 {
+						if err := tx.Bucket(bktExpiry).Put(timeKey(r.expires, u64(id)), []byte{r.priority}); err != nil {
+							return err
+						}
+					}
+				}
+				next = max(next, id+1)
+			}
+			meta := tx.Bucket(bktMeta)
+			for k, v := range map[string][]byte{
+				string(keyMagic): []byte(magic), string(keyFormat): u64(formatVersion),
+				string(keyNextID): u64(next), string(keyCounts): c.encode(), string(keyClean): {1},
+			} {
+				if err := meta.Put([]byte(k), v); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || len(ids) == 0 {
+			break
+		}
+	}
+	if err == nil {
+		err = db.Sync()
+	}
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,150 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTest(t testing.TB, opts Options) *Spool {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestPutLeaseAckOrder(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{LowerLaneShare: -1})
+	for i := range 30 {
+		if _, err := s.Put(ctx, Entry{Priority: uint8(i % 3), Data: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := s.TryLease(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 30 {
+		t.Fatalf("leased %d, want 30", len(items))
+	}
+	for i, it := range items {
+		wantLane := uint8(i / 10)
+		if it.Priority != wantLane {
+			t.Fatalf("item %d lane %d, want %d", i, it.Priority, wantLane)
+		}
+		if i > 0 && items[i-1].Priority == it.Priority && items[i-1].ID >= it.ID {
+			t.Fatalf("lane %d not FIFO: %d before %d", it.Priority, items[i-1].ID, it.ID)
+		}
+	}
+	// Nothing more while leased.
+	if more, _ := s.TryLease(10); len(more) != 0 {
+		t.Fatalf("leased %d more while all are leased", len(more))
+	}
+	// Nack the first three of lane 0: they come back first, attempts 1.
+	if err := s.Nack(ctx, items[0].ID, items[1].ID, items[2].ID); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := s.TryLease(10)
+	if len(again) != 3 || again[0].ID != items[0].ID || again[2].ID != items[2].ID || again[0].Attempts != 1 {
+		t.Fatalf("after nack got %+v", again)
+	}
+	var ids []uint64
+	for _, it := range items {
+		ids = append(ids, it.ID)
+	}
+	if err := s.Ack(ctx, ids...); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Messages != 0 || st.Leased != 0 || st.Acked != 30 || st.Accepted != 30 {
+		t.Fatalf("stats after ack: %+v", st)
+	}
+}
+
+func TestGroupCommitShares(t *testing.T) {
+	s := openTest(t, Options{})
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				if _, err := s.Put(context.Background(), Entry{Data: fmt.Appendf(nil, "%d-%d", g, i)}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := s.Stats()
+	if st.Accepted != 640 {
+		t.Fatalf("accepted %d", st.Accepted)
+	}
+	if st.Commits >= 640 {
+		t.Fatalf("%d commits for 640 concurrent puts: no group commit", st.Commits)
+	}
+	t.Logf("640 puts in %d commits", st.Commits)
+}
+
+func TestDedupeAndReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := s.Put(ctx, Entry{DedupeKey: "k", Data: []byte("a")})
+	r2, _ := s.Put(ctx, Entry{DedupeKey: "k", Data: []byte("a")})
+	if r1.Duplicate || !r2.Duplicate || r2.ID != r1.ID {
+		t.Fatalf("dedupe: %+v %+v", r1, r2)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r3, _ := s.Put(ctx, Entry{DedupeKey: "k", Data: []byte("a")})
+	if !r3.Duplicate {
+		t.Fatal("dedupe index lost on reopen")
+	}
+	if st := s.Stats(); st.Messages != 1 {
+		t.Fatalf("messages %d", st.Messages)
+	}
+}
+
+func TestFullPolicies(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		policy Overflow
+		want   error
+	}{{Reject, ErrFull}, {Block, ErrFull}, {DropOldest, nil}, {DropLowestPriority, nil}} {
+		t.Run(fmt.Sprint(tc.policy), func(t *testing.T) {
+			s := openTest(t, Options{MaxMessages: 5, Overflow: tc.policy, BlockTimeout: 50 * time.Millisecond})
+			for i := range 5 {
+				if _, err := s.Put(ctx, Entry{Priority: 5, Data: []byte{byte(i)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := s.Put(ctx, Entry{Priority: 5, Data: []byte{9}})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("put when full: %v, want %v", err, tc.want)
+			}
+			st := s.Stats()
+			if st.Messages != 5 {
+				t.Fatalf("messages %d", st.Messages)
+			}
+			if tc.want == nil && st.Dropped[DropReasonOldest]+st.Dropped[DropReasonLowestPriority] != 1 {
+				t.Fatalf("dropped %v", st.Dropped)
+			}
+		})
+	}
+}

@@ -1,0 +1,766 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+type opKind uint8
+
+const (
+	opPut opKind = iota
+	opAck
+	opNack
+	opDead
+	opRequeue
+	opPurge
+	opReplay
+	opCompact
+	opSweep // housekeeping, from the writer itself
+)
+
+// op is one request to the writer goroutine. The writer fills the result
+// fields and closes done after the transaction that carried it committed
+// (or failed).
+type op struct {
+	kind   opKind
+	e      Entry
+	ids    []uint64
+	reason string
+	all    bool   // bulk operations: every entry
+	since  int64  // replay
+	after  uint64 // replay continuation
+
+	res  PutResult
+	n    int
+	more bool
+	err  error
+	skip bool // excluded from a retried transaction (already answered)
+	done chan struct{}
+
+	before, afterSize int64 // compact
+}
+
+// run is the writer goroutine: it owns every write transaction. It takes one
+// operation, drains whatever else is already waiting (group commit), applies
+// them all in one transaction, and answers them in order after the commit.
+func (s *Spool) run() {
+	defer close(s.done)
+	period := housekeepPeriod
+	if s.opts.Durability == Interval && s.opts.FsyncInterval < period {
+		period = s.opts.FsyncInterval
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	batch := make([]*op, 0, 64)
+	for {
+		batch = batch[:0]
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				s.syncIfDirty(true)
+				return
+			}
+			batch = s.drain(append(batch, o))
+		case <-s.kick:
+		case <-tick.C:
+			s.housekeep()
+			s.syncIfDirty(false)
+			continue
+		}
+		s.commitBatch(batch)
+	}
+}
+
+func (s *Spool) drain(batch []*op) []*op {
+	bytes := 0
+	for len(batch) < maxBatchOps && bytes < maxBatchBytes {
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, o)
+			bytes += len(o.e.Data)
+			if o.kind == opCompact {
+				return batch
+			}
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// commitBatch runs the batch (compactions alone, after what precedes them).
+func (s *Spool) commitBatch(batch []*op) {
+	for i, o := range batch {
+		if o.kind == opCompact {
+			s.commit(batch[:i])
+			o.before, o.afterSize, o.err = s.compact()
+			close(o.done)
+			s.commitBatch(batch[i+1:])
+			return
+		}
+	}
+	s.commit(batch)
+}
+
+func (s *Spool) syncIfDirty(force bool) {
+	if !s.dirty || (!force && s.now().Sub(s.lastSync) < s.opts.FsyncInterval) {
+		return
+	}
+	s.dbmu.RLock()
+	err := s.db.Sync()
+	s.dbmu.RUnlock()
+	if err != nil {
+		s.log.Error("spool fsync failed", "path", s.path, "err", err)
+		return
+	}
+	s.dirty = false
+	s.lastSync = s.now()
+	s.mu.Lock()
+	s.ctr.syncs++
+	s.mu.Unlock()
+}
+
+// txn is the state of one write transaction. Changes to shared in-memory
+// state are collected here and applied only after the commit succeeded.
+type txn struct {
+	s      *Spool
+	tx     *bolt.Tx
+	c      counts
+	nextID uint64
+	now    int64
+	ctr    counters
+
+	unlease   []uint64
+	resets    [][2]uint64 // lane, id: cursor moves back
+	added     bool        // something became leasable
+	freed     bool        // space was freed
+	full      bool
+	evictFrom [Lanes]uint64
+}
+
+func (s *Spool) commit(batch []*op) {
+	s.mu.Lock()
+	nacks, expires, dead := s.pendNack, s.pendExpire, s.pendDead
+	s.pendNack, s.pendExpire = nil, nil
+	if len(dead) > 0 {
+		s.pendDead = make(map[uint64]string)
+	}
+	base := s.cur
+	s.mu.Unlock()
+	if len(batch) == 0 && len(nacks) == 0 && len(expires) == 0 && len(dead) == 0 {
+		return
+	}
+	internal := func(t *txn) error {
+		if len(nacks) > 0 {
+			if err := t.nack(nacks); err != nil {
+				return err
+			}
+			t.ctr.nacked += uint64(len(nacks))
+		}
+		for _, id := range expires {
+			if err := t.expire(id); err != nil {
+				return err
+			}
+		}
+		for id, why := range dead {
+			if err := t.corrupt(id, why); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	start := time.Now()
+	t, err := s.runTxn(base, batch, internal)
+	if errors.Is(err, berrors.ErrMaxSizeReached) {
+		// The file hit bbolt's ceiling: refuse this batch's new messages and
+		// commit the rest (acks free space).
+		for _, o := range batch {
+			if o.kind == opPut || o.kind == opReplay || o.kind == opRequeue {
+				o.skip, o.err = true, fmt.Errorf("%w: file reached its size limit", ErrFull)
+			}
+		}
+		t, err = s.runTxn(base, batch, internal)
+	}
+	elapsed := time.Since(start)
+	if err != nil {
+		err = fmt.Errorf("spool: commit: %w", err)
+		s.log.Error("spool commit failed", "path", s.path, "err", err, "ops", len(batch))
+		s.mu.Lock()
+		// Internal work is retried later.
+		s.pendNack = append(s.pendNack, nacks...)
+		s.pendExpire = append(s.pendExpire, expires...)
+		for id, why := range dead {
+			s.pendDead[id] = why
+		}
+		s.mu.Unlock()
+		for _, o := range batch {
+			if !o.skip {
+				o.err = err
+			}
+			close(o.done)
+		}
+		return
+	}
+	if s.opts.Durability == Interval {
+		s.dirty = true
+	}
+	s.nextID = t.nextID
+
+	s.mu.Lock()
+	s.cur = t.c
+	for _, id := range t.unlease {
+		delete(s.leases, id)
+	}
+	for _, r := range t.resets {
+		if r[1] < s.cursor[r[0]] {
+			s.cursor[r[0]] = r[1]
+		}
+	}
+	k := &s.ctr
+	k.accepted += t.ctr.accepted
+	k.duplicates += t.ctr.duplicates
+	k.acked += t.ctr.acked
+	k.nacked += t.ctr.nacked
+	k.dead += t.ctr.dead
+	k.rejected += t.ctr.rejected
+	for i := range k.dropped {
+		k.dropped[i] += t.ctr.dropped[i]
+	}
+	k.commits++
+	k.commitOps += uint64(len(batch))
+	k.commitTime += elapsed
+	if s.opts.Durability == Sync {
+		k.syncs += 2 // bbolt: data pages, then the meta page
+	}
+	if t.full {
+		s.full = true
+	} else if t.freed || t.ctr.accepted > 0 {
+		s.full = false
+	}
+	if t.added {
+		close(s.avail)
+		s.avail = make(chan struct{})
+	}
+	if t.freed {
+		close(s.space)
+		s.space = make(chan struct{})
+	}
+	s.mu.Unlock()
+	for _, o := range batch {
+		close(o.done)
+	}
+}
+
+// runTxn applies the batch in one Update. Per-operation failures (ErrFull,
+// ErrNotFound) are answered on the op and do not fail the transaction; an
+// error from bbolt does.
+func (s *Spool) runTxn(base counts, batch []*op, internal func(*txn) error) (t *txn, err error) {
+	s.dbmu.RLock()
+	defer s.dbmu.RUnlock()
+	defer func() {
+		if r := recover(); r != nil {
+			err = &CorruptionError{Path: s.path, Err: fmt.Errorf("bbolt: %v", r)}
+		}
+	}()
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		t = &txn{s: s, tx: tx, c: base, nextID: s.nextID, now: s.now().UnixNano()}
+		if err := internal(t); err != nil {
+			return err
+		}
+		for _, o := range batch {
+			if o.skip {
+				continue
+			}
+			o.err, o.n, o.more, o.res = nil, 0, false, PutResult{}
+			if err := t.apply(o); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bktMeta)
+		if err := meta.Put(keyNextID, u64(t.nextID)); err != nil {
+			return err
+		}
+		return meta.Put(keyCounts, t.c.encode())
+	})
+	return t, err
+}
+
+func (t *txn) apply(o *op) error {
+	switch o.kind {
+	case opPut:
+		return t.put(o)
+	case opAck:
+		return t.ack(o.ids)
+	case opNack:
+		err := t.nack(o.ids)
+		t.ctr.nacked += uint64(len(o.ids))
+		return err
+	case opDead:
+		return t.deadLetter(o)
+	case opRequeue, opPurge:
+		return t.dlqBulk(o)
+	case opReplay:
+		return t.replay(o)
+	case opSweep:
+		return t.sweep()
+	}
+	return fmt.Errorf("spool: unknown op %d", o.kind)
+}
+
+func (t *txn) put(o *op) error {
+	e := &o.e
+	s := t.s
+	dedupe := e.DedupeKey != "" && s.opts.DedupeWindow > 0
+	var db *bolt.Bucket
+	if dedupe {
+		db = t.tx.Bucket(bktDedupe)
+		if v := db.Get([]byte(e.DedupeKey)); len(v) == 16 && int64(idOf(v[:8])) > t.now {
+			o.res = PutResult{ID: idOf(v[8:]), Duplicate: true}
+			t.ctr.duplicates++
+			return nil
+		}
+	}
+	r := record{kind: kindQueued, priority: e.Priority, enqueued: t.now, expires: nano(e.ExpiresAt), data: e.Data}
+	need := int64(r.size() + 8)
+	if ok, err := t.makeRoom(need, e.Priority); err != nil || !ok {
+		if err == nil {
+			o.err = ErrFull
+			t.ctr.rejected++
+			t.full = true
+		}
+		return err
+	}
+	id := t.nextID
+	t.nextID++
+	if err := t.addQueued(id, &r); err != nil {
+		return err
+	}
+	if dedupe {
+		exp := t.now + int64(s.opts.DedupeWindow)
+		key := []byte(e.DedupeKey)
+		if old := db.Get(key); len(old) == 16 {
+			if err := t.tx.Bucket(bktDedupeExp).Delete(timeKey(int64(idOf(old[:8])), key)); err != nil {
+				return err
+			}
+		} else {
+			t.c.dedupe++
+		}
+		if err := db.Put(key, append(u64(uint64(exp)), u64(id)...)); err != nil {
+			return err
+		}
+		if err := t.tx.Bucket(bktDedupeExp).Put(timeKey(exp, key), nil); err != nil {
+			return err
+		}
+		if t.c.dedupe > int64(s.opts.DedupeMaxEntries) {
+			if err := t.forgetOldestDedupe(); err != nil {
+				return err
+			}
+		}
+	}
+	o.res = PutResult{ID: id}
+	t.ctr.accepted++
+	t.added = true
+	return nil
+}
+
+func (t *txn) forgetOldestDedupe() error {
+	xb := t.tx.Bucket(bktDedupeExp)
+	k, _ := xb.Cursor().First()
+	if k == nil {
+		return nil
+	}
+	k = append([]byte(nil), k...)
+	if err := t.tx.Bucket(bktDedupe).Delete(k[8:]); err != nil {
+		return err
+	}
+	t.c.dedupe--
+	return xb.Delete(k)
+}
+
+// over reports whether adding need bytes (and one message) breaks a cap.
+func (t *txn) over(need int64) bool {
+	o := &t.s.opts
+	return (o.MaxBytes > 0 && t.c.stored()+need > o.MaxBytes) ||
+		(o.MaxMessages > 0 && t.c.messages()+1 > o.MaxMessages)
+}
+
+// makeRoom applies the overflow policy until need fits. Retained delivered
+// messages go first (they were delivered already); then DropOldest or
+// DropLowestPriority may delete queued messages that are not in flight.
+func (t *txn) makeRoom(need int64, prio uint8) (bool, error) {
+	o := &t.s.opts
+	if o.MaxBytes > 0 && need > o.MaxBytes {
+		return false, nil
+	}
+	for t.over(need) && t.c.ret > 0 {
+		if n, err := t.sweepRetained(true, 64); err != nil || n == 0 {
+			return false, err
+		}
+	}
+	reason := DropReasonOldest
+	switch o.Overflow {
+	case DropOldest:
+	case DropLowestPriority:
+		reason = DropReasonLowestPriority
+	default:
+		return !t.over(need), nil
+	}
+	for t.over(need) {
+		lane, id, ok := t.victim(reason, prio)
+		if !ok {
+			return false, nil
+		}
+		if _, err := t.removeQueued(lane, id); err != nil {
+			return false, err
+		}
+		t.ctr.dropped[reason]++
+	}
+	return true, nil
+}
+
+// victim finds the next message to drop: the oldest not in flight of any lane
+// (DropOldest), or of the lowest-priority non-empty lane no higher than prio.
+func (t *txn) victim(reason int, prio uint8) (uint8, uint64, bool) {
+	head := func(lane uint8) (uint64, bool) {
+		c := t.tx.Bucket(bktLanes[lane]).Cursor()
+		for k, _ := c.Seek(u64(t.evictFrom[lane])); k != nil; k, _ = c.Next() {
+			id := idOf(k)
+			if !t.s.leased(id) {
+				return id, true
+			}
+		}
+		return 0, false
+	}
+	if reason == DropReasonLowestPriority {
+		for lane := Lanes - 1; lane >= int(prio); lane-- {
+			if t.c.lanes[lane][0] == 0 {
+				continue
+			}
+			if id, ok := head(uint8(lane)); ok {
+				t.evictFrom[lane] = id + 1
+				return uint8(lane), id, true
+			}
+		}
+		return 0, 0, false
+	}
+	var best uint64
+	bestLane := -1
+	for lane := range Lanes {
+		if t.c.lanes[lane][0] == 0 {
+			continue
+		}
+		if id, ok := head(uint8(lane)); ok && (bestLane < 0 || id < best) {
+			best, bestLane = id, lane
+		}
+	}
+	if bestLane < 0 {
+		return 0, 0, false
+	}
+	t.evictFrom[bestLane] = best + 1
+	return uint8(bestLane), best, true
+}
+
+func (s *Spool) leased(id uint64) bool {
+	s.mu.Lock()
+	_, ok := s.leases[id]
+	s.mu.Unlock()
+	return ok
+}
+
+// laneOf finds the lane holding id: from its lease, else by looking.
+func (t *txn) laneOf(id uint64) (uint8, bool) {
+	t.s.mu.Lock()
+	l, ok := t.s.leases[id]
+	t.s.mu.Unlock()
+	key := u64(id)
+	if ok && t.tx.Bucket(bktLanes[l.lane]).Get(key) != nil {
+		return l.lane, true
+	}
+	for lane := range Lanes {
+		if t.c.lanes[lane][0] > 0 && t.tx.Bucket(bktLanes[lane]).Get(key) != nil {
+			return uint8(lane), true
+		}
+	}
+	return 0, false
+}
+
+func (t *txn) addQueued(id uint64, r *record) error {
+	v := r.encode()
+	if err := t.tx.Bucket(bktLanes[r.priority]).Put(u64(id), v); err != nil {
+		return err
+	}
+	if r.expires != 0 {
+		if err := t.tx.Bucket(bktExpiry).Put(timeKey(r.expires, u64(id)), []byte{r.priority}); err != nil {
+			return err
+		}
+	}
+	t.c.lanes[r.priority][0]++
+	t.c.lanes[r.priority][1] += int64(len(v) + 8)
+	return nil
+}
+
+// removeQueued deletes id from lane and returns its record (data copied).
+func (t *txn) removeQueued(lane uint8, id uint64) (record, error) {
+	b := t.tx.Bucket(bktLanes[lane])
+	key := u64(id)
+	v := b.Get(key)
+	if v == nil {
+		return record{}, nil
+	}
+	size := int64(len(v) + 8)
+	r, derr := decodeRecord(v)
+	if derr == nil {
+		r.data = append([]byte(nil), r.data...)
+		if r.expires != 0 {
+			if err := t.tx.Bucket(bktExpiry).Delete(timeKey(r.expires, key)); err != nil {
+				return r, err
+			}
+		}
+	} else {
+		r = record{kind: kindQueued, priority: lane, data: append([]byte(nil), v...), text: derr.Error()}
+	}
+	if err := b.Delete(key); err != nil {
+		return r, err
+	}
+	t.c.lanes[lane][0]--
+	t.c.lanes[lane][1] -= size
+	t.unlease = append(t.unlease, id)
+	t.freed = true
+	return r, nil
+}
+
+func (t *txn) ack(ids []uint64) error {
+	retain := t.s.opts.RetainDelivered > 0
+	for _, id := range ids {
+		lane, ok := t.laneOf(id)
+		if !ok {
+			t.unlease = append(t.unlease, id)
+			continue
+		}
+		r, err := t.removeQueued(lane, id)
+		if err != nil {
+			return err
+		}
+		t.ctr.acked++
+		if retain {
+			r.kind, r.stamp, r.text = kindDelivered, t.now, ""
+			v := r.encode()
+			if err := t.tx.Bucket(bktDelivered).Put(u64(id), v); err != nil {
+				return err
+			}
+			t.c.ret++
+			t.c.retB += int64(len(v) + 8)
+		}
+	}
+	return nil
+}
+
+func (t *txn) nack(ids []uint64) error {
+	for _, id := range ids {
+		lane, ok := t.laneOf(id)
+		t.unlease = append(t.unlease, id)
+		if !ok {
+			continue
+		}
+		b := t.tx.Bucket(bktLanes[lane])
+		key := u64(id)
+		r, err := decodeRecord(b.Get(key))
+		if err != nil {
+			continue // a bad record: the next Lease finds it and dead-letters it
+		}
+		r.attempts++
+		if err := b.Put(key, r.encode()); err != nil {
+			return err
+		}
+		t.resets = append(t.resets, [2]uint64{uint64(lane), id})
+		t.added = true
+	}
+	return nil
+}
+
+func (t *txn) toDLQ(id uint64, r record, reason string) error {
+	r.kind, r.stamp, r.text = kindDead, t.now, reason
+	v := r.encode()
+	if err := t.tx.Bucket(bktDLQ).Put(u64(id), v); err != nil {
+		return err
+	}
+	t.c.dlq++
+	t.c.dlqB += int64(len(v) + 8)
+	t.ctr.dead++
+	return nil
+}
+
+func (t *txn) deadLetter(o *op) error {
+	id := o.ids[0]
+	lane, ok := t.laneOf(id)
+	if !ok {
+		o.err = fmt.Errorf("%w: message %d", ErrNotFound, id)
+		return nil
+	}
+	r, err := t.removeQueued(lane, id)
+	if err != nil {
+		return err
+	}
+	return t.toDLQ(id, r, o.reason)
+}
+
+// expire handles one expired message found by Lease or the sweep.
+func (t *txn) expire(id uint64) error {
+	lane, ok := t.laneOf(id)
+	if !ok {
+		t.unlease = append(t.unlease, id)
+		return nil
+	}
+	r, err := t.removeQueued(lane, id)
+	if err != nil {
+		return err
+	}
+	if t.s.opts.Expired == ExpireDeadLetter {
+		return t.toDLQ(id, r, "expired")
+	}
+	t.ctr.dropped[DropReasonExpired]++
+	return nil
+}
+
+// corrupt moves a record that failed its checksum to the DLQ, raw.
+func (t *txn) corrupt(id uint64, why string) error {
+	lane, ok := t.laneOf(id)
+	if !ok {
+		t.unlease = append(t.unlease, id)
+		return nil
+	}
+	r, err := t.removeQueued(lane, id)
+	if err != nil {
+		return err
+	}
+	t.s.log.Error("spool record damaged, dead-lettered", "path", t.s.path, "msg_id", id, "err", why)
+	return t.toDLQ(id, r, "damaged record: "+why)
+}
+
+// dlqBulk requeues or purges up to sweepBatch dead letters.
+func (t *txn) dlqBulk(o *op) error {
+	b := t.tx.Bucket(bktDLQ)
+	var keys [][]byte
+	if o.all {
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < sweepBatch; k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		o.more = len(keys) == sweepBatch
+	} else {
+		for _, id := range o.ids {
+			keys = append(keys, u64(id))
+		}
+	}
+	for _, k := range keys {
+		v := b.Get(k)
+		if v == nil {
+			continue
+		}
+		size := int64(len(v) + 8)
+		if o.kind == opRequeue {
+			r, err := decodeRecord(v)
+			if err != nil {
+				continue // unreadable: only a purge removes it
+			}
+			r.data = append([]byte(nil), r.data...)
+			r.kind, r.stamp, r.text, r.attempts, r.expires = kindQueued, 0, "", 0, 0
+			if t.over(int64(r.size() + 8)) {
+				o.more = false
+				break
+			}
+			if err := t.addQueued(idOf(k), &r); err != nil {
+				return err
+			}
+			t.resets = append(t.resets, [2]uint64{uint64(r.priority), idOf(k)})
+			t.added = true
+		}
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+		t.c.dlq--
+		t.c.dlqB -= size
+		t.freed = true
+		o.n++
+	}
+	return nil
+}
+
+// replay re-enqueues up to sweepBatch retained messages.
+func (t *txn) replay(o *op) error {
+	b := t.tx.Bucket(bktDelivered)
+	c := b.Cursor()
+	var keys [][]byte
+	for k, v := c.Seek(u64(o.after + 1)); k != nil && len(keys) < sweepBatch; k, v = c.Next() {
+		if r, err := decodeRecord(v); err == nil && r.enqueued >= o.since {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		o.after = idOf(k)
+		o.more = true
+	}
+	if len(keys) < sweepBatch {
+		if k, _ := c.Next(); k == nil {
+			o.more = false
+		}
+	}
+	for _, k := range keys {
+		v := b.Get(k)
+		r, err := decodeRecord(v)
+		if err != nil {
+			continue
+		}
+		size := int64(len(v) + 8)
+		r.data = append([]byte(nil), r.data...)
+		r.kind, r.stamp, r.attempts, r.expires = kindQueued, 0, 0, 0
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+		t.c.ret--
+		t.c.retB -= size
+		id := t.nextID
+		t.nextID++
+		if err := t.addQueued(id, &r); err != nil {
+			return err
+		}
+		t.added = true
+		o.n++
+	}
+	return nil
+}
+
+// sweepRetained deletes up to max retained messages, oldest first: those
+// older than RetainDelivered, or any when force (to make room).
+func (t *txn) sweepRetained(force bool, max int) (int, error) {
+	b := t.tx.Bucket(bktDelivered)
+	cutoff := t.now - int64(t.s.opts.RetainDelivered)
+	var keys [][]byte
+	var sizes []int64
+	c := b.Cursor()
+	for k, v := c.First(); k != nil && len(keys) < max; k, v = c.Next() {
+		if !force {
+			if r, err := decodeRecord(v); err == nil && r.stamp > cutoff {
+				break
+			}
+		}
+		keys = append(keys, append([]byte(nil), k...))
+		sizes = append(sizes, int64(len(v)+8))
+	}
+	for i, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return i, err
+		}
+		t.c.ret--
+		t.c.retB -= sizes[i]
+		t.freed = true
+	}
+	return len(keys), nil
+}
