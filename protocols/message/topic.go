@@ -20,9 +20,10 @@ import (
 //	v1.2/x (dot in level) /topic/v1/2.x
 //	a/+/#  (filter)       /topic/a.*.#
 //
-// Swapping is a bijection, so every topic maps and maps back unchanged, empty
-// levels and dots included. Wildcards only appear in subscriptions: MQTT '+'
-// is STOMP '*', '#' is '#'.
+// Swapping is a bijection, so every topic name maps and maps back unchanged,
+// empty levels, dots and asterisks included. Wildcards only appear in
+// subscriptions (FilterToSTOMP, FilterFromSTOMP): a whole-level MQTT '+' is
+// STOMP '*', '#' is '#'.
 //
 // A destination is /topic/… (publish-subscribe: every subscriber gets each
 // message) or /queue/… (competing consumers: each message goes to one
@@ -52,19 +53,64 @@ var ErrUnknownDestination = errors.New("unknown destination: want /topic/… or 
 // ErrInvalidTopic is returned (wrapped) for a topic that MQTT would refuse.
 var ErrInvalidTopic = errors.New("invalid topic")
 
-// ToSTOMP maps an MQTT topic or filter to a STOMP destination of kind k.
+// ToSTOMP maps an MQTT topic name to a STOMP destination of kind k. It is
+// the exact inverse of FromSTOMP.
 func ToSTOMP(topic string, k DestKind) string {
-	p := TopicPrefix
-	if k == DestQueue {
-		p = QueuePrefix
-	}
-	return p + swap(topic, "/.", "+", "*")
+	return prefix(k) + swapper.Replace(topic)
 }
 
-// FromSTOMP maps a STOMP destination to an MQTT topic (or filter, when it has
-// wildcards) and its kind. The result is not validated: call ValidateTopic or
-// ValidateFilter as the operation requires.
+// FromSTOMP maps a STOMP destination (a SEND's, or a MESSAGE's) to an MQTT
+// topic name and its kind. The result is not validated: call ValidateTopic.
 func FromSTOMP(dest string) (string, DestKind, error) {
+	k, tail, err := splitDest(dest)
+	if err != nil {
+		return "", 0, err
+	}
+	return swapper.Replace(tail), k, nil
+}
+
+// FilterToSTOMP maps an MQTT topic filter to a STOMP subscription
+// destination: a whole-level '+' becomes '*'.
+func FilterToSTOMP(filter string, k DestKind) string {
+	levels := strings.Split(filter, "/")
+	for i, l := range levels {
+		if l == "+" {
+			levels[i] = "*"
+		} else {
+			levels[i] = swapper.Replace(l)
+		}
+	}
+	return prefix(k) + strings.Join(levels, ".")
+}
+
+// FilterFromSTOMP maps a SUBSCRIBE destination to an MQTT topic filter: a
+// whole-level '*' is the single-level wildcard '+', '#' stays '#'. (So a
+// subscription cannot name a level that is literally "*"; a SEND can.) The
+// result is not validated: call ValidateFilter.
+func FilterFromSTOMP(dest string) (string, DestKind, error) {
+	k, tail, err := splitDest(dest)
+	if err != nil {
+		return "", 0, err
+	}
+	levels := strings.Split(tail, ".")
+	for i, l := range levels {
+		if l == "*" {
+			levels[i] = "+"
+		} else {
+			levels[i] = swapper.Replace(l)
+		}
+	}
+	return strings.Join(levels, "/"), k, nil
+}
+
+func prefix(k DestKind) string {
+	if k == DestQueue {
+		return QueuePrefix
+	}
+	return TopicPrefix
+}
+
+func splitDest(dest string) (DestKind, string, error) {
 	var k DestKind
 	var tail string
 	switch {
@@ -73,20 +119,17 @@ func FromSTOMP(dest string) (string, DestKind, error) {
 	case strings.HasPrefix(dest, QueuePrefix):
 		k, tail = DestQueue, dest[len(QueuePrefix):]
 	default:
-		return "", 0, fmt.Errorf("%w (got %q)", ErrUnknownDestination, dest)
+		return 0, "", fmt.Errorf("%w (got %q)", ErrUnknownDestination, dest)
 	}
 	if tail == "" {
-		return "", 0, fmt.Errorf("%w: destination %q has an empty name", ErrInvalidTopic, dest)
+		return 0, "", fmt.Errorf("%w: destination %q has an empty name", ErrInvalidTopic, dest)
 	}
-	return swap(tail, "./", "*", "+"), k, nil
+	return k, tail, nil
 }
 
-// swap exchanges the two bytes of ab with each other and replaces from with
-// to. strings.Replacer applies all pairs in one pass, so a swapped byte is
-// never swapped back.
-func swap(s, ab, from, to string) string {
-	return strings.NewReplacer(ab[:1], ab[1:], ab[1:], ab[:1], from, to).Replace(s)
-}
+// swapper exchanges '/' and '.'. strings.Replacer applies all pairs in one
+// pass, so a swapped byte is never swapped back.
+var swapper = strings.NewReplacer("/", ".", ".", "/")
 
 // ValidateTopic checks a topic name for publishing, as MQTT defines it: not
 // empty, valid UTF-8 without NUL, at most MaxTopicLen bytes, no wildcards.
