@@ -61,7 +61,7 @@ func (s *Spool) TryLease(max int) ([]Item, error) {
 						continue
 					}
 					s.shareTotal++
-					if s.shareLower < share*s.shareTotal {
+					if s.shareLower+1 <= share*s.shareTotal {
 						lane = l
 						s.shareLower++
 						s.rr++
@@ -127,6 +127,7 @@ func (s *Spool) peek(it *laneIter, lane int, tx *bolt.Tx, now int64) (ok, kick b
 		case r.expires != 0 && r.expires <= now:
 			s.pendExpire = append(s.pendExpire, id)
 		default:
+			r.attempts += s.pendBump[id]
 			it.r = r
 			return true, kick
 		}
@@ -145,16 +146,25 @@ func (s *Spool) take(it *laneIter, lane int, now time.Time) Item {
 	return item
 }
 
-// expireLeasesLocked hands leases past their deadline to the writer, which
-// returns them to the queue like a Nack. s.mu must be held.
+// expireLeasesLocked returns leases past their deadline to the queue, like
+// a Nack: at once in memory (so this very Lease can hand them out again), and
+// their Attempts increment through the writer (pendBump). s.mu must be held.
 func (s *Spool) expireLeasesLocked(now time.Time) bool {
 	n := 0
 	for id, l := range s.leases {
 		if !l.expiring && now.After(l.deadline) {
-			l.expiring = true
-			s.pendNack = append(s.pendNack, id)
+			delete(s.leases, id)
+			if id < s.cursor[l.lane] {
+				s.cursor[l.lane] = id
+			}
+			s.pendBump[id]++
+			s.ctr.nacked++
 			n++
 		}
+	}
+	if n > 0 {
+		close(s.avail)
+		s.avail = make(chan struct{})
 	}
 	return n > 0
 }

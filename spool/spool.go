@@ -63,7 +63,7 @@ type Spool struct {
 	cur        counts     // committed totals
 	leases     map[uint64]*lease
 	cursor     [Lanes]uint64 // every unleased queued id of a lane is >= its cursor
-	pendNack   []uint64      // expired leases waiting for the writer
+	pendBump   map[uint64]uint32 // attempts to add (expired leases), waiting for the writer
 	pendExpire []uint64      // expired messages found by Lease
 	pendDead   map[uint64]string
 	avail      chan struct{} // closed and replaced when messages become leasable
@@ -108,6 +108,7 @@ func Open(path string, opts Options) (*Spool, error) {
 		done:     make(chan struct{}),
 		leases:   make(map[uint64]*lease),
 		pendDead: make(map[uint64]string),
+		pendBump: make(map[uint64]uint32),
 		avail:    make(chan struct{}),
 		space:    make(chan struct{}),
 	}
@@ -308,9 +309,6 @@ func (s *Spool) markOpen() error {
 	if err != nil {
 		_ = s.db.Close()
 		return fmt.Errorf("spool: open %s: %w", s.path, err)
-	}
-	if s.opts.Durability == Interval {
-		s.db.NoSync = true
 	}
 	s.lastSync = s.now()
 	return nil
