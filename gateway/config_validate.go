@@ -154,7 +154,8 @@ func (c *Config) validateListeners(v *validator) {
 			v.addf(ap, "%v", err)
 			continue
 		}
-		if other, dup := seen[l.address]; dup {
+		// Port 0 asks the system for a free port: never a clash.
+		if other, dup := seen[l.address]; dup && !strings.HasSuffix(l.address, ":0") {
 			v.addf(ap, "%s is already used by %s", l.address, other)
 		}
 		seen[l.address] = l.path

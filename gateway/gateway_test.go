@@ -1,0 +1,356 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	gostomp "github.com/go-stomp/stomp/v3"
+
+	"github.com/ferrymq/ferry/bridge/bridgetest"
+	"github.com/ferrymq/ferry/protocols/message"
+	"github.com/ferrymq/ferry/spool"
+)
+
+// e2eConfig is a gateway on free loopback ports bridging to upstream.
+func e2eConfig(t *testing.T, upstream, extra string) *Config {
+	t.Helper()
+	y := fmt.Sprintf(`
+gateway_id: gw1
+log: {level: debug}
+listeners:
+  mqtt: {address: "127.0.0.1:0"}
+  stomp: {address: "127.0.0.1:0"}
+  http: {address: "127.0.0.1:0"}
+allow_anonymous: true
+spool:
+  path: %s
+  lower_lane_share: 0
+routes:
+  - {name: alarms, match: "alarms/#", priority: 0}
+  - {name: sensors, match: "sensors/#", priority: 5, dedupe: "json:id"}
+  - {name: local, match: "local/#", local_only: true}
+bridge:
+  upstream: [%s]
+  format: envelope
+  backoff: {base: 100ms, max: 500ms}
+%s`, filepath.Join(t.TempDir(), "spool.db"), upstream, extra)
+	cfg, err := Parse("e2e.yaml", []byte(y), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+type running struct {
+	g    *Gateway
+	stop func() error
+}
+
+func startGateway(t *testing.T, cfg *Config) *running {
+	t.Helper()
+	g, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Ready() {
+		t.Fatal("ready before Run")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !g.Ready() {
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("gateway not ready after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var stopped bool
+	r := &running{g: g, stop: func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatal("gateway did not stop within 30s")
+			return nil
+		}
+	}}
+	t.Cleanup(func() { _ = r.stop() })
+	return r
+}
+
+// testLogger logs into the test's output until the test ends (a late log
+// line from a stopping goroutine must not panic the test binary).
+func testLogger(t *testing.T) *slog.Logger {
+	w := &testWriter{t: t}
+	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	t    *testing.T
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func pahoClient(t *testing.T, addr, id string) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetAutoReconnect(false)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", addr, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func publish(t *testing.T, c paho.Client, topic string, payload string) {
+	t.Helper()
+	tok := c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+func reading(dev string, seq int) string {
+	return fmt.Sprintf(`{"id":"%s-%d","seq":%d}`, dev, seq, seq)
+}
+
+func seqOf(t *testing.T, payload []byte) int {
+	t.Helper()
+	var v struct{ Seq int }
+	if err := json.Unmarshal(payload, &v); err != nil {
+		t.Fatalf("payload %q: %v", payload, err)
+	}
+	return v.Seq
+}
+
+// TestEndToEnd runs the whole gateway against a real mosquitto: MQTT 3.1.1,
+// MQTT 5 and STOMP publishers in; everything acknowledged arrives upstream
+// once, with the routed topic, in order per topic, in the envelope format.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	up := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: up.URL(), Filter: "sites/#", Envelope: true})
+	r := startGateway(t, e2eConfig(t, up.URL(), ""))
+	g := r.g
+
+	// MQTT 3.1.1 (paho): 20 readings, one duplicate re-send.
+	c := pahoClient(t, g.MQTTAddr("mqtt"), "dev-a")
+	for i := range 20 {
+		publish(t, c, "sensors/a/temp", reading("a", i))
+	}
+	publish(t, c, "sensors/a/temp", reading("a", 7)) // same json id: dropped as a duplicate
+	publish(t, c, "local/x", "never upstream")
+
+	// MQTT 5 (mosquitto_pub -V 5), with a user property.
+	host, port, _ := strings.Cut(g.MQTTAddr("mqtt"), ":")
+	out, err := exec.Command("mosquitto_pub", "-V", "5", "-h", host, "-p", port, "-q", "1", "-t", "alarms/fire",
+		"-m", `{"id":"f1","seq":0}`, "-D", "publish", "user-property", "site", "hall-2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub -V 5: %v\n%s", err, out)
+	}
+
+	// STOMP (go-stomp client), SEND with receipts.
+	sc, err := gostomp.Dial("tcp", g.STOMPAddr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := sc.Send("/topic/sensors.b.hum", "application/json", []byte(reading("b", i)), gostomp.SendOpt.Receipt); err != nil {
+			t.Fatalf("stomp send %d: %v", i, err)
+		}
+	}
+	_ = sc.Disconnect()
+
+	want := 20 + 1 + 10
+	if !sub.WaitFor(20*time.Second, func(rs []bridgetest.Record) bool { return len(rs) >= want }) {
+		t.Fatalf("upstream got %d of %d messages", sub.Len(), want)
+	}
+	time.Sleep(300 * time.Millisecond) // anything extra (a duplicate, local/x) would show up now
+	recs := sub.Records()
+	if len(recs) != want {
+		t.Fatalf("upstream got %d messages, want %d: %v", len(recs), want, topics(recs))
+	}
+	last := map[string]int{}
+	ids := map[string]bool{}
+	for _, rec := range recs {
+		switch rec.Topic {
+		case "sites/gw1/sensors/a/temp", "sites/gw1/sensors/b/hum", "sites/gw1/alarms/fire":
+		default:
+			t.Fatalf("unexpected upstream topic %q", rec.Topic)
+		}
+		if rec.ID == "" || ids[rec.ID] {
+			t.Fatalf("envelope id %q missing or repeated", rec.ID)
+		}
+		ids[rec.ID] = true
+		seq := seqOf(t, rec.Payload)
+		if prev, ok := last[rec.Topic]; ok && seq != prev+1 {
+			t.Fatalf("%s: seq %d after %d", rec.Topic, seq, prev)
+		}
+		last[rec.Topic] = seq
+	}
+
+	// Metrics carry the queue vitals with plausible values.
+	body := httpGet(t, "http://"+g.HTTPAddr()+"/metrics")
+	for _, name := range []string{
+		"ferry_spool_depth_messages", "ferry_spool_depth_bytes", "ferry_spool_oldest_age_seconds",
+		"ferry_spool_dlq_messages", "ferry_spool_duplicates_total 1", "ferry_bridge_link_state",
+		`ferry_ingress_accepted_total{lane="5",protocol="mqtt"} 21` /* duplicates included */, `ferry_ingress_accepted_total{lane="5",protocol="stomp"} 10`,
+		`ferry_ingress_accepted_total{lane="0",protocol="mqtt"} 1`, "ferry_message_age_seconds_count 31",
+		"ferry_spool_syncs_total", "ferry_bridge_in_flight_messages",
+	} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %q", name)
+		}
+	}
+	if got := httpGet(t, "http://"+g.HTTPAddr()+"/readyz"); !strings.HasPrefix(got, "ready") {
+		t.Errorf("/readyz = %q", got)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if g.Ready() {
+		t.Error("still ready after stop")
+	}
+}
+
+func topics(rs []bridgetest.Record) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.Topic)
+	}
+	return out
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestShutdownLosesNothingAndLanesDrainFirst: with the upstream down, what
+// devices had acknowledged survives a graceful stop; after a restart with
+// the upstream back, the alarm lane drains before the telemetry backlog.
+func TestShutdownLosesNothingAndLanesDrainFirst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	up := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	up.Stop()
+	cfg := e2eConfig(t, up.URL(), "")
+	r := startGateway(t, cfg)
+	c := pahoClient(t, r.g.MQTTAddr("mqtt"), "dev-c")
+	for i := range 40 {
+		publish(t, c, "sensors/c/temp", reading("c", i))
+	}
+	for i := range 5 {
+		publish(t, c, "alarms/door", fmt.Sprintf(`{"id":"d%d","seq":%d}`, i, i))
+	}
+	c.Disconnect(100)
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := spool.Open(cfg.Spool.Path, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Messages != 45 || st.Lanes[0].Messages != 5 || st.Lanes[5].Messages != 40 {
+		t.Fatalf("after graceful stop: %d messages (lane0 %d, lane5 %d), want 45 (5, 40)", st.Messages, st.Lanes[0].Messages, st.Lanes[5].Messages)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	up.Start()
+	sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: up.URL(), Filter: "sites/#", Envelope: true})
+	startGateway(t, cfg)
+	if !sub.WaitFor(20*time.Second, func(rs []bridgetest.Record) bool { return len(rs) >= 45 }) {
+		t.Fatalf("upstream got %d of 45 after restart", sub.Len())
+	}
+	recs := sub.Records()
+	for i := range 5 {
+		if recs[i].Topic != "sites/gw1/alarms/door" {
+			t.Fatalf("arrival %d is %s: the alarm lane did not drain first", i, recs[i].Topic)
+		}
+	}
+}
+
+// TestSpoolAdminThroughRunningGateway: `ferry spool` reaches a spool held by
+// a running gateway through its HTTP API, and refuses clearly without it.
+func TestSpoolAdminThroughRunningGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	up := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	up.Stop()
+	cfg := e2eConfig(t, up.URL(), "")
+	r := startGateway(t, cfg)
+	for i := range 3 {
+		_, err := r.g.Spool().Put(context.Background(), spool.Entry{Data: message.Encode(nil, &message.Message{Topic: "t", Payload: []byte{byte(i)}})})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The file is locked; OpenSpoolAdmin must find the HTTP API (the config
+	// names port 0, so point it at the bound address).
+	cfg2 := *cfg
+	cfg2.Listeners.HTTP.Address = r.g.HTTPAddr()
+	adm, err := OpenSpoolAdmin(&cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(adm.Where(), "running gateway") {
+		t.Fatalf("admin works on %s, want the running gateway", adm.Where())
+	}
+	st, err := adm.Stats(context.Background())
+	if err != nil || st.Messages != 3 {
+		t.Fatalf("stats through HTTP: %d messages, %v", st.Messages, err)
+	}
+	if _, _, err := adm.Compact(context.Background()); err != nil {
+		t.Fatalf("compact through HTTP: %v", err)
+	}
+	cfg3 := *cfg
+	cfg3.Listeners.HTTP.Address = ""
+	if _, err := OpenSpoolAdmin(&cfg3); err == nil || !strings.Contains(err.Error(), "locked") || !strings.Contains(err.Error(), cfg.Spool.Path) {
+		t.Fatalf("without HTTP: %v, want a locked error naming %s", err, cfg.Spool.Path)
+	}
+}
