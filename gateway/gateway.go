@@ -480,19 +480,35 @@ func (g *Gateway) watchLink(ctx context.Context) {
 	}
 }
 
-// sink turns an accepted message into a spool entry. It maps the spool's
-// errors to the ones ingress answers devices with.
-func (g *Gateway) sink(proto message.Protocol) message.Sink {
-	return message.SinkFunc(func(ctx context.Context, m *message.Message) error {
-		_, err := g.sp.Put(ctx, spool.Entry{
-			Priority:  m.Priority,
-			ExpiresAt: m.ExpiresAt,
-			DedupeKey: m.DedupeKey,
-			Data:      message.Encode(nil, m),
-		})
+// sink turns accepted messages into spool entries and maps the spool's
+// errors to the ones ingress answers devices with. It is a
+// message.OrderedSink: a pipelining STOMP connection submits its SENDs in
+// frame order and the spool stores them in that order.
+func (g *Gateway) sink(proto message.Protocol) message.OrderedSink {
+	return &spoolSink{g: g, proto: proto.String()}
+}
+
+type spoolSink struct {
+	g     *Gateway
+	proto string
+}
+
+func (k *spoolSink) Accept(ctx context.Context, m *message.Message) error {
+	return k.Submit(ctx, m)()
+}
+
+func (k *spoolSink) Submit(ctx context.Context, m *message.Message) func() error {
+	wait := k.g.sp.PutAsync(ctx, spool.Entry{
+		Priority:  m.Priority,
+		ExpiresAt: m.ExpiresAt,
+		DedupeKey: m.DedupeKey,
+		Data:      message.Encode(nil, m),
+	})
+	return func() error {
+		_, err := wait()
 		switch {
 		case err == nil:
-			g.metrics.ObserveAccepted(proto.String(), m.Priority)
+			k.g.metrics.ObserveAccepted(k.proto, m.Priority)
 			return nil
 		case errors.Is(err, spool.ErrFull):
 			return fmt.Errorf("%w: %w", message.ErrFull, err)
@@ -504,7 +520,7 @@ func (g *Gateway) sink(proto message.Protocol) message.Sink {
 			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
 		}
 		return err
-	})
+	}
 }
 
 // downstream hands a command from the upstream to local subscribers of

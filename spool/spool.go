@@ -382,19 +382,30 @@ func (s *Spool) isClosed() bool {
 
 // submit hands o to the writer and waits for its commit.
 func (s *Spool) submit(ctx context.Context, o *op) error {
+	if err := s.enqueue(ctx, o); err != nil {
+		return err
+	}
+	return s.await(ctx, o)
+}
+
+// enqueue hands o to the writer. Operations enqueued one after another by
+// one goroutine are applied in that order.
+func (s *Spool) enqueue(ctx context.Context, o *op) error {
 	o.done = make(chan struct{})
 	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
 	if s.closed {
-		s.closeMu.RUnlock()
 		return ErrClosed
 	}
 	select {
 	case s.ops <- o:
+		return nil
 	case <-ctx.Done():
-		s.closeMu.RUnlock()
 		return ctx.Err()
 	}
-	s.closeMu.RUnlock()
+}
+
+func (s *Spool) await(ctx context.Context, o *op) error {
 	select {
 	case <-o.done:
 		return o.err
@@ -411,30 +422,51 @@ func (s *Spool) submit(ctx context.Context, o *op) error {
 // cap is reached the overflow policy decides: ErrFull, a wait (Block), or
 // room made by dropping older or lower-priority messages.
 func (s *Spool) Put(ctx context.Context, e Entry) (PutResult, error) {
+	return s.PutAsync(ctx, e)()
+}
+
+// PutAsync is Put in two steps, for a producer that keeps many messages in
+// flight (a pipelining STOMP connection): it queues e for the writer and
+// returns; wait blocks until e is committed and returns what Put would.
+// Entries queued one after another by one goroutine are stored in that
+// order, so their ids (and lease order) follow the calls. wait must be
+// called once. Under the Block policy a full spool makes wait retry, which
+// can let a later entry of the same producer overtake this one.
+func (s *Spool) PutAsync(ctx context.Context, e Entry) (wait func() (PutResult, error)) {
 	if err := s.validate(&e); err != nil {
-		return PutResult{}, err
+		return func() (PutResult, error) { return PutResult{}, err }
 	}
-	var deadline <-chan time.Time
-	for {
-		s.mu.Lock()
-		space := s.space
-		s.mu.Unlock()
-		o := &op{kind: opPut, e: e}
-		err := s.submit(ctx, o)
-		if !errors.Is(err, ErrFull) || s.opts.Overflow != Block {
-			return o.res, err
-		}
-		if deadline == nil {
-			t := time.NewTimer(s.opts.BlockTimeout)
-			defer t.Stop()
-			deadline = t.C
-		}
-		select {
-		case <-space:
-		case <-deadline:
-			return PutResult{}, fmt.Errorf("%w (waited %s for space)", ErrFull, s.opts.BlockTimeout)
-		case <-ctx.Done():
-			return PutResult{}, ctx.Err()
+	s.mu.Lock()
+	space := s.space
+	s.mu.Unlock()
+	o := &op{kind: opPut, e: e}
+	err := s.enqueue(ctx, o)
+	return func() (PutResult, error) {
+		var deadline <-chan time.Time
+		for {
+			if err == nil {
+				err = s.await(ctx, o)
+			}
+			if !errors.Is(err, ErrFull) || s.opts.Overflow != Block {
+				return o.res, err
+			}
+			if deadline == nil {
+				t := time.NewTimer(s.opts.BlockTimeout)
+				defer t.Stop()
+				deadline = t.C
+			}
+			select {
+			case <-space:
+			case <-deadline:
+				return PutResult{}, fmt.Errorf("%w (waited %s for space)", ErrFull, s.opts.BlockTimeout)
+			case <-ctx.Done():
+				return PutResult{}, ctx.Err()
+			}
+			s.mu.Lock()
+			space = s.space
+			s.mu.Unlock()
+			o = &op{kind: opPut, e: e}
+			err = s.enqueue(ctx, o)
 		}
 	}
 }

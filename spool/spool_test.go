@@ -148,3 +148,58 @@ func TestFullPolicies(t *testing.T) {
 		})
 	}
 }
+
+// TestPutAsyncKeepsCallOrder: entries queued one after another by one
+// goroutine are stored (and leased) in that order while all are in flight
+// together, which is what a pipelining STOMP connection relies on for G3.
+func TestPutAsyncKeepsCallOrder(t *testing.T) {
+	s := openTest(t, Options{LowerLaneShare: -1})
+	ctx := context.Background()
+	// Other producers compete for the writer meanwhile.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Put(ctx, Entry{Priority: 9, Data: []byte("noise")}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	var waits []func() (PutResult, error)
+	for i := range 300 {
+		waits = append(waits, s.PutAsync(ctx, Entry{Data: fmt.Appendf(nil, "%03d", i)}))
+	}
+	var last uint64
+	for i, w := range waits {
+		r, err := w()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ID <= last {
+			t.Fatalf("entry %d got id %d after %d", i, r.ID, last)
+		}
+		last = r.ID
+	}
+	close(stop)
+	wg.Wait()
+	items, err := s.TryLease(300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items {
+		if want := fmt.Sprintf("%03d", i); string(it.Data) != want {
+			t.Fatalf("lease %d = %s, want %s", i, it.Data, want)
+		}
+	}
+	if st := s.Stats(); st.Commits >= 300 {
+		t.Errorf("%d commits for 300 pipelined puts: not grouped", st.Commits)
+	}
+}
