@@ -152,8 +152,8 @@ func BenchmarkSendReceipts(b *testing.B) {
 }
 
 // BenchmarkSendReceiptsSpool: the same into a real spool (sync
-// durability: every receipt after fsync). The spool has no ordered submit,
-// so one topic per connection is one Accept at a time.
+// durability: every receipt after fsync), through the ordered sink the
+// gateway uses (spool.PutAsync): all SENDs of a connection in flight.
 func BenchmarkSendReceiptsSpool(b *testing.B) {
 	for _, tc := range []struct {
 		name          string

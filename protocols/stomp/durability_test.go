@@ -29,9 +29,21 @@ const childEnv = "FERRY_STOMP_DURABILITY_CHILD"
 
 // spoolSink is the gateway's wiring in miniature: message.Encode into a
 // spool.Entry, spool errors mapped to message errors.
-func spoolSink(sp *spool.Spool) message.Sink {
-	return message.SinkFunc(func(ctx context.Context, m *message.Message) error {
-		_, err := sp.Put(ctx, spool.Entry{Priority: m.Priority, ExpiresAt: m.ExpiresAt, DedupeKey: m.DedupeKey, Data: message.Encode(nil, m)})
+// spoolSink stores into a real spool the way the gateway's sink does: as a
+// message.OrderedSink over spool.PutAsync, so pipelined SENDs keep their
+// order and share commits.
+func spoolSink(sp *spool.Spool) message.Sink { return orderedSpool{sp} }
+
+type orderedSpool struct{ sp *spool.Spool }
+
+func (o orderedSpool) Accept(ctx context.Context, m *message.Message) error {
+	return o.Submit(ctx, m)()
+}
+
+func (o orderedSpool) Submit(ctx context.Context, m *message.Message) func() error {
+	wait := o.sp.PutAsync(ctx, spool.Entry{Priority: m.Priority, ExpiresAt: m.ExpiresAt, DedupeKey: m.DedupeKey, Data: message.Encode(nil, m)})
+	return func() error {
+		_, err := wait()
 		switch {
 		case err == nil:
 			return nil
@@ -43,7 +55,7 @@ func spoolSink(sp *spool.Spool) message.Sink {
 			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
 		}
 		return err
-	})
+	}
 }
 
 func runChild() {
