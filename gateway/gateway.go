@@ -283,7 +283,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		if err := g.startEmbedded(); err != nil {
 			return err
 		}
-		defer g.up.Close()
+		defer func() { _ = g.up.Close() }()
 	}
 	brCtx, stopBridge := context.WithCancel(context.Background())
 	brDone := make(chan error, 1)

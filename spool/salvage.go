@@ -38,7 +38,7 @@ func checkHeader(path string) error {
 	if err != nil {
 		return fmt.Errorf("spool: open %s: %w", path, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("spool: stat %s: %w", path, err)
@@ -86,9 +86,9 @@ func validMeta(p []byte) (bool, uint32) {
 func notSpoolOrDamaged(path string, why error) error {
 	recs, _, err := rawScan(path)
 	if err == nil && len(recs) > 0 {
-		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %v", errMetaDamaged, why)}
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w", errMetaDamaged, why)}
 	}
-	return fmt.Errorf("%w: %s: %v", ErrNotSpool, path, why)
+	return fmt.Errorf("%w: %s: %w", ErrNotSpool, path, why)
 }
 
 type salvaged struct {
@@ -150,7 +150,7 @@ func walkTree(path string, bopts *bolt.Options, found map[uint64]record) (lost i
 	if err != nil {
 		return 0, false
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	err = db.View(func(tx *bolt.Tx) error {
 		for _, name := range append(bktLanes[:], bktDLQ) {
 			b := tx.Bucket(name)
@@ -182,7 +182,7 @@ func rawScan(path string) ([]salvaged, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, 0, err

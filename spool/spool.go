@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -62,9 +61,9 @@ type Spool struct {
 	mu         sync.Mutex // guards the fields below
 	cur        counts     // committed totals
 	leases     map[uint64]*lease
-	cursor     [Lanes]uint64 // every unleased queued id of a lane is >= its cursor
+	cursor     [Lanes]uint64     // every unleased queued id of a lane is >= its cursor
 	pendBump   map[uint64]uint32 // attempts to add (expired leases), waiting for the writer
-	pendExpire []uint64      // expired messages found by Lease
+	pendExpire []uint64          // expired messages found by Lease
 	pendDead   map[uint64]string
 	avail      chan struct{} // closed and replaced when messages become leasable
 	space      chan struct{} // closed and replaced when space is freed
@@ -151,7 +150,7 @@ func withDefaults(o Options) Options {
 		o.LockTimeout = defaultLockTimeout
 	}
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -243,7 +243,7 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitFailure
 	}
-	defer adm.Close()
+	defer func() { _ = adm.Close() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	p := newProgress(stdout)
