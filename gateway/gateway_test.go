@@ -354,3 +354,87 @@ func TestSpoolAdminThroughRunningGateway(t *testing.T) {
 		t.Fatalf("without HTTP: %v, want a locked error naming %s", err, cfg.Spool.Path)
 	}
 }
+
+// TestCrossProtocol: an MQTT 5 publish reaches a STOMP /topic subscriber
+// and a STOMP SEND reaches an MQTT 5 subscriber, user properties and
+// headers carried over, through the gateway's wiring.
+func TestCrossProtocol(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	up := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	r := startGateway(t, e2eConfig(t, up.URL(), ""))
+	host, port, _ := strings.Cut(r.g.MQTTAddr("mqtt"), ":")
+
+	sc, err := gostomp.Dial("tcp", r.g.STOMPAddr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sc.Disconnect() }()
+	ssub, err := sc.Subscribe("/topic/sensors.#", gostomp.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// MQTT subscriber (v5, prints topic, user properties and payload).
+	msub := exec.Command("mosquitto_sub", "-V", "5", "-h", host, "-p", port, "-t", "sensors/#", "-C", "1", "-W", "20", "-F", "%t|%P|%p")
+	mout := &syncBuf{}
+	msub.Stdout, msub.Stderr = mout, mout
+	if err := msub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // both subscriptions in place
+
+	if out, err := exec.Command("mosquitto_pub", "-V", "5", "-h", host, "-p", port, "-q", "1", "-t", "sensors/x/t",
+		"-m", "from-mqtt", "-D", "publish", "user-property", "unit", "celsius").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+	}
+	select {
+	case m := <-ssub.C:
+		if m.Err != nil {
+			t.Fatal(m.Err)
+		}
+		if string(m.Body) != "from-mqtt" || m.Destination != "/topic/sensors.x.t" || m.Header.Get("unit") != "celsius" {
+			t.Fatalf("STOMP subscriber got %q on %s, unit=%q", m.Body, m.Destination, m.Header.Get("unit"))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("MQTT publish did not reach the STOMP subscriber")
+	}
+	// The mosquitto_sub above also got that MQTT message; start a fresh one
+	// for the STOMP SEND.
+	_ = msub.Wait()
+	msub = exec.Command("mosquitto_sub", "-V", "5", "-h", host, "-p", port, "-t", "sensors/y/#", "-C", "1", "-W", "20", "-F", "%t|%P|%p")
+	mout = &syncBuf{}
+	msub.Stdout, msub.Stderr = mout, mout
+	if err := msub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := sc.Send("/topic/sensors.y.t", "text/plain", []byte("from-stomp"), gostomp.SendOpt.Receipt, gostomp.SendOpt.Header("unit", "kelvin")); err != nil {
+		t.Fatal(err)
+	}
+	if err := msub.Wait(); err != nil {
+		t.Fatalf("mosquitto_sub: %v\n%s", err, mout.String())
+	}
+	got := strings.TrimSpace(mout.String())
+	if !strings.HasPrefix(got, "sensors/y/t|") || !strings.Contains(got, "unit:kelvin") || !strings.HasSuffix(got, "|from-stomp") {
+		t.Fatalf("MQTT subscriber got %q", got)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
