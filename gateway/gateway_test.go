@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -437,4 +438,81 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestReloadRoutesAndUsers: Reload (SIGHUP) swaps routes and users without
+// dropping a connected client.
+func TestReloadRoutesAndUsers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	up := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	up.Stop() // keep messages in the spool, where their lane can be seen
+	dir := t.TempDir()
+	hash, err := HashPassword("pw", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(prio int, acl string) string {
+		p := filepath.Join(dir, "ferry.yaml")
+		y := fmt.Sprintf(`
+gateway_id: gw1
+listeners:
+  mqtt: {address: "127.0.0.1:0"}
+  stomp: {address: ""}
+  http: {address: ""}
+users:
+  - {name: dev, password_hash: %q, publish: [%q], subscribe: ["#"]}
+spool: {path: %s}
+routes:
+  - {match: "m/#", priority: %d}
+bridge: {upstream: [%s]}
+`, hash, acl, filepath.Join(dir, "spool.db"), prio, up.URL())
+		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	path := write(7, "m/#")
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startGateway(t, cfg)
+	o := paho.NewClientOptions().AddBroker("tcp://" + r.g.MQTTAddr("mqtt")).SetClientID("dev-1").SetUsername("dev").SetPassword("pw").SetAutoReconnect(false)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(100)
+	publish(t, c, "m/1", "a")
+	if st := r.g.Spool().Stats(); st.Lanes[7].Messages != 1 {
+		t.Fatalf("before reload: lane 7 has %d", st.Lanes[7].Messages)
+	}
+	if err := r.g.Reload(write(2, "m/#")); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, c, "m/2", "b") // same connection, new route
+	if st := r.g.Spool().Stats(); st.Lanes[2].Messages != 1 {
+		t.Fatalf("after reload: lane 2 has %d, want 1", st.Lanes[2].Messages)
+	}
+	if !c.IsConnected() {
+		t.Fatal("reload dropped the client")
+	}
+	// Narrower ACL: m/# no longer allowed for publish.
+	if err := r.g.Reload(write(2, "other/#")); err != nil {
+		t.Fatal(err)
+	}
+	tok := c.Publish("m/3", 1, false, "c")
+	tok.WaitTimeout(3 * time.Second)
+	if st := r.g.Spool().Stats(); st.Messages != 2 {
+		t.Fatalf("denied publish was stored: %d messages", st.Messages)
+	}
+	// A broken file keeps the running configuration.
+	if err := os.WriteFile(path, []byte("gateway_id: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.g.Reload(path); err == nil {
+		t.Fatal("reload of a broken file succeeded")
+	}
 }
