@@ -127,7 +127,9 @@ func (s *Spool) peek(it *laneIter, lane int, tx *bolt.Tx, now int64) (ok, kick b
 		case r.expires != 0 && r.expires <= now:
 			s.pendExpire = append(s.pendExpire, id)
 		default:
-			r.attempts += s.pendBump[id]
+			// Targets, not increments: the writer may already have stored
+			// the bump while pendBump still holds it.
+			r.attempts = max(r.attempts, s.pendBump[id])
 			it.r = r
 			return true, kick
 		}
@@ -140,7 +142,7 @@ func (s *Spool) peek(it *laneIter, lane int, tx *bolt.Tx, now int64) (ok, kick b
 func (s *Spool) take(it *laneIter, lane int, now time.Time) Item {
 	id := idOf(it.k)
 	item := it.r.item(id)
-	s.leases[id] = &lease{lane: uint8(lane), deadline: now.Add(s.opts.LeaseTimeout)}
+	s.leases[id] = &lease{lane: uint8(lane), deadline: now.Add(s.opts.LeaseTimeout), attempts: item.Attempts}
 	s.cursor[lane] = id + 1
 	it.k, it.v = it.c.Next()
 	return item
@@ -157,7 +159,7 @@ func (s *Spool) expireLeasesLocked(now time.Time) bool {
 			if id < s.cursor[l.lane] {
 				s.cursor[l.lane] = id
 			}
-			s.pendBump[id]++
+			s.pendBump[id] = max(s.pendBump[id], l.attempts+1)
 			s.ctr.nacked++
 			n++
 		}

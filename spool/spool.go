@@ -62,7 +62,7 @@ type Spool struct {
 	cur        counts     // committed totals
 	leases     map[uint64]*lease
 	cursor     [Lanes]uint64     // every unleased queued id of a lane is >= its cursor
-	pendBump   map[uint64]uint32 // attempts to add (expired leases), waiting for the writer
+	pendBump   map[uint64]uint32 // attempts a message must have at least (expired leases), waiting for the writer
 	pendExpire []uint64          // expired messages found by Lease
 	pendDead   map[uint64]string
 	avail      chan struct{} // closed and replaced when messages become leasable
@@ -77,7 +77,8 @@ type Spool struct {
 type lease struct {
 	lane     uint8
 	deadline time.Time
-	expiring bool // handed to the writer (expired message, lease timeout or bad record): skip
+	attempts uint32 // Attempts of the leased item
+	expiring bool   // handed to the writer (expired message, lease timeout or bad record): skip
 }
 
 type counters struct {
@@ -610,8 +611,14 @@ func (s *Spool) view(fn func(*bolt.Tx) error) (err error) {
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	c, k := s.cur, s.ctr
+	leased := 0
+	for _, l := range s.leases {
+		if !l.expiring {
+			leased++
+		}
+	}
 	st := Stats{
-		Leased:        len(s.leases),
+		Leased:        leased,
 		DLQMessages:   c.dlq,
 		DLQBytes:      c.dlqB,
 		Retained:      c.ret,

@@ -162,7 +162,8 @@ func (s *Spool) commit(batch []*op) {
 	if len(dead) > 0 {
 		s.pendDead = make(map[uint64]string)
 	}
-	// pendBump stays visible to Lease until the commit, then is subtracted.
+	// pendBump stays visible to Lease until the commit, then is removed
+	// unless a later expiry raised it meanwhile.
 	bumps := make(map[uint64]uint32, len(s.pendBump))
 	for id, n := range s.pendBump {
 		bumps[id] = n
@@ -236,8 +237,6 @@ func (s *Spool) commit(batch []*op) {
 	for id, n := range bumps {
 		if s.pendBump[id] <= n {
 			delete(s.pendBump, id)
-		} else {
-			s.pendBump[id] -= n
 		}
 	}
 	for _, id := range t.unlease {
@@ -618,8 +617,8 @@ func (t *txn) nack(ids []uint64) error {
 	return nil
 }
 
-// bump adds n to the attempts of a message whose lease expired. The lease
-// and cursor were already handled in memory by Lease.
+// bump raises the attempts of a message whose lease expired to at least n
+// (idempotent). The lease and cursor were already handled in memory.
 func (t *txn) bump(id uint64, n uint32) error {
 	lane, ok := t.laneOf(id)
 	if !ok {
@@ -631,8 +630,11 @@ func (t *txn) bump(id uint64, n uint32) error {
 	if err != nil {
 		return nil
 	}
+	if r.attempts >= n {
+		return nil
+	}
 	r.data = append([]byte(nil), r.data...)
-	r.attempts += n
+	r.attempts = n
 	return b.Put(key, r.encode())
 }
 
