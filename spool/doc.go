@@ -35,9 +35,15 @@
 //     holds counters and the leases in flight (G6). Disk is capped by
 //     MaxBytes; bbolt's own MaxSize is set well above it so that the spool
 //     reaches its own full state (ErrFull or the drop policy) first.
-//   - A damaged file is salvaged at Open (G9): every record carries a
-//     CRC-32C, so salvage can keep exactly the intact ones, even by scanning
-//     raw pages when bbolt cannot walk the tree.
+//   - A damaged file is salvaged at Open (G9). Before bbolt sees the file,
+//     Open validates both meta pages and walks every page in use with a
+//     reader that checks every offset (walk.go), and checks the CRC-32C
+//     that every record carries over its key and value: bbolt trusts its
+//     pages and faults (SIGBUS on a truncated file, which no recover
+//     catches) or panics in a goroutine of its own on damage. On any
+//     problem salvage keeps exactly the intact records, through the checked
+//     tree walk and, when parts of the tree are unreadable or a meta page is
+//     damaged, by scanning raw pages as well.
 //
 // # Concurrency
 //
@@ -65,7 +71,8 @@
 //	delivered   id(8) → record kind 'R' (stamp: acked at), RetainDelivered only
 //
 // A record is: kind(1) priority(1) attempts(4) enqueued(8) expires(8)
-// stamp(8) text_len(2) text crc32c(4) data. Times are unix nanoseconds, 0 for
+// stamp(8) text_len(2) text crc32c(4) data; the CRC covers the 8-byte key
+// and every other byte of the record. Times are unix nanoseconds, 0 for
 // none. Bytes counted against MaxBytes are len(record)+8 per entry in the
 // lane, DLQ and delivered buckets. Counts live in meta/counts and change in
 // the same transaction as the data, so they are exact after a crash.
@@ -77,9 +84,10 @@
 //   - The file never shrinks by itself; Compact rewrites it.
 //   - Deletes are done by key, collected first and applied in bounded
 //     batches: deleting from the head with a First() loop is quadratic.
-//   - Open walks the whole tree (bbolt rebuilds its freelist because the
-//     spool runs with NoFreelistSync); after an unclean shutdown it also runs
-//     bbolt's consistency check (Options.Verify).
+//   - Open reads every page in use twice: once checked (see above), once by
+//     bbolt rebuilding its freelist (the spool runs with NoFreelistSync);
+//     after an unclean shutdown it also runs bbolt's consistency check
+//     (Options.Verify).
 //   - On 32-bit ARM the memory map limits the file to about 2 GB; keep
 //     MaxBytes under 1 GiB there.
 //   - Salvage by raw page scan can resurrect messages that were already

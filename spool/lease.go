@@ -120,7 +120,7 @@ func (s *Spool) peek(it *laneIter, lane int, tx *bolt.Tx, now int64) (ok, kick b
 		if _, leased := s.leases[id]; leased {
 			continue
 		}
-		r, err := decodeRecord(it.v)
+		r, err := decodeRecord(it.k, it.v)
 		switch {
 		case err != nil:
 			s.pendDead[id] = err.Error()
@@ -197,8 +197,8 @@ func (s *Spool) housekeep() {
 			sweep = true
 		}
 		if s.opts.RetainDelivered > 0 {
-			if _, v := tx.Bucket(bktDelivered).Cursor().First(); v != nil {
-				if r, err := decodeRecord(v); err != nil || r.stamp <= nowN-int64(s.opts.RetainDelivered) {
+			if k, v := tx.Bucket(bktDelivered).Cursor().First(); v != nil {
+				if r, err := decodeRecord(k, v); err != nil || r.stamp <= nowN-int64(s.opts.RetainDelivered) {
 					sweep = true
 				}
 			}

@@ -57,7 +57,8 @@ const (
 //	expires   8 bytes unix nanoseconds, 0: never
 //	stamp     8 bytes unix nanoseconds: dead-lettered at ('D'), acked at ('R'), 0 ('Q')
 //	text_len  2 bytes, then text: the dead-letter reason
-//	crc       4 bytes CRC-32C of every other byte of the record, data included
+//	crc       4 bytes CRC-32C of the key (the id) and every other byte of the
+//	          record, data included: a flipped bit in the key is caught too
 //	data      the rest
 type record struct {
 	kind     byte
@@ -78,7 +79,7 @@ var errBadRecord = errors.New("bad record")
 
 func (r *record) size() int { return recFixed + len(r.text) + len(r.data) }
 
-func (r *record) encode() []byte {
+func (r *record) encode(id uint64) []byte {
 	b := make([]byte, r.size())
 	b[0], b[1] = r.kind, r.priority
 	binary.BigEndian.PutUint32(b[2:], r.attempts)
@@ -89,14 +90,23 @@ func (r *record) encode() []byte {
 	n := copy(b[32:], r.text)
 	crcAt := 32 + n
 	copy(b[crcAt+4:], r.data)
-	crc := crc32.Update(crc32.Checksum(b[:crcAt], castagnoli), castagnoli, b[crcAt+4:])
-	binary.BigEndian.PutUint32(b[crcAt:], crc)
+	binary.BigEndian.PutUint32(b[crcAt:], recordCRC(u64(id), b[:crcAt], b[crcAt+4:]))
 	return b
 }
 
-// decodeRecord parses v. data aliases v: copy it before the transaction ends.
-func decodeRecord(v []byte) (record, error) {
+func recordCRC(key, head, data []byte) uint32 {
+	c := crc32.Checksum(key, castagnoli)
+	c = crc32.Update(c, castagnoli, head)
+	return crc32.Update(c, castagnoli, data)
+}
+
+// decodeRecord parses the value v stored under key. data aliases v: copy
+// it before the transaction ends.
+func decodeRecord(key, v []byte) (record, error) {
 	var r record
+	if len(key) != 8 {
+		return r, fmt.Errorf("%w: key of %d bytes", errBadRecord, len(key))
+	}
 	if len(v) < recFixed {
 		return r, fmt.Errorf("%w: %d bytes", errBadRecord, len(v))
 	}
@@ -114,7 +124,7 @@ func decodeRecord(v []byte) (record, error) {
 	}
 	crcAt := 32 + tl
 	want := binary.BigEndian.Uint32(v[crcAt:])
-	if got := crc32.Update(crc32.Checksum(v[:crcAt], castagnoli), castagnoli, v[crcAt+4:]); got != want {
+	if got := recordCRC(key, v[:crcAt], v[crcAt+4:]); got != want {
 		return r, fmt.Errorf("%w: checksum %08x, want %08x", errBadRecord, got, want)
 	}
 	r.text = string(v[32:crcAt])

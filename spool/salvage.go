@@ -98,11 +98,11 @@ type salvaged struct {
 
 // salvage copies every readable message of the damaged file at path into a
 // fresh spool file, moves the damaged file aside and returns the report.
-func salvage(path string, opts Options, bopts *bolt.Options, cause error) (*SalvageReport, error) {
+func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 	rep := &SalvageReport{Cause: cause}
 	found := map[uint64]record{}
-	lost, walked := walkTree(path, bopts, found)
-	if !walked || errors.Is(cause, errMetaDamaged) {
+	lost, walked, damaged := walkTree(path, found)
+	if !walked || damaged || errors.Is(cause, errMetaDamaged) || errors.Is(cause, errStructure) {
 		recs, _, err := rawScan(path)
 		if err != nil && !walked {
 			return nil, err
@@ -135,42 +135,33 @@ func salvage(path string, opts Options, bopts *bolt.Options, cause error) (*Salv
 	return rep, nil
 }
 
-// walkTree reads the queue and DLQ buckets through bbolt, read-only, keeping
-// every record whose checksum holds. lost counts the others; walked is false
-// when bbolt could not open or walk the file.
-func walkTree(path string, bopts *bolt.Options, found map[uint64]record) (lost int, walked bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			walked = false
-		}
-	}()
-	o := *bopts
-	o.ReadOnly, o.MaxSize = true, 0
-	db, err := bolt.Open(path, 0o400, &o)
+// walkTree reads the queue and DLQ buckets with the checked reader,
+// keeping every record whose checksum holds; lost counts the others. walked
+// is false when the tree could not be read at all; damaged when parts of it
+// could not (their records may still be found by a raw scan).
+func walkTree(path string, found map[uint64]record) (lost int, walked, damaged bool) {
+	b, err := openBoltFile(path)
 	if err != nil {
-		return 0, false
+		return 0, false, true
 	}
-	defer func() { _ = db.Close() }()
-	err = db.View(func(tx *bolt.Tx) error {
-		for _, name := range append(bktLanes[:], bktDLQ) {
-			b := tx.Bucket(name)
-			if b == nil {
-				continue
-			}
-			c := b.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				r, err := decodeRecord(v)
-				if len(k) != 8 || err != nil || r.kind == kindDelivered {
-					lost++
-					continue
-				}
-				r.data = append([]byte(nil), r.data...)
-				found[idOf(k)] = r
-			}
+	defer b.close()
+	want := map[string]bool{string(bktDLQ): true}
+	for _, l := range bktLanes {
+		want[string(l)] = true
+	}
+	bad, err := b.walkTree(want, true, func(_ string, k, v []byte) {
+		r, err := decodeRecord(k, v)
+		if err != nil || r.kind == kindDelivered {
+			lost++
+			return
 		}
-		return nil
+		r.data = append([]byte(nil), r.data...)
+		found[idOf(k)] = r
 	})
-	return lost, err == nil
+	if err != nil {
+		return lost, false, true
+	}
+	return lost, true, len(bad) > 0
 }
 
 // rawScan reads every page of the file and keeps the leaf elements that are
@@ -243,7 +234,7 @@ func scanLeaf(p []byte, seen map[uint64]record) {
 		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recFixed || start+ksize+vsize > len(p) {
 			continue
 		}
-		r, err := decodeRecord(p[start+ksize : start+ksize+vsize])
+		r, err := decodeRecord(p[start:start+ksize], p[start+ksize:start+ksize+vsize])
 		if err != nil || r.kind == kindDelivered {
 			continue
 		}
@@ -280,7 +271,7 @@ func writeFresh(path string, recs map[uint64]record) error {
 			}
 			for _, id := range chunk {
 				r := recs[id]
-				v := r.encode()
+				v := r.encode(id)
 				size := int64(len(v) + 8)
 				if r.kind == kindDead {
 					c.dlq++

@@ -197,7 +197,7 @@ func (s *Spool) open() error {
 		return err
 	}
 	s.log.Error("spool damaged, salvaging", "path", s.path, "err", ce.Err)
-	rep, err := salvage(s.path, s.opts, s.boltOptions(), ce.Err)
+	rep, err := salvage(s.path, s.opts, ce.Err)
 	if err != nil {
 		return fmt.Errorf("spool: salvage %s: %w (cause: %w)", s.path, err, ce)
 	}
@@ -220,6 +220,9 @@ func (s *Spool) open() error {
 func (s *Spool) openBolt() (db *bolt.DB, err error) {
 	if fi, statErr := os.Stat(s.path); statErr == nil && fi.Size() > 0 {
 		if err := checkHeader(s.path); err != nil {
+			return nil, err
+		}
+		if err := checkTree(s.path); err != nil {
 			return nil, err
 		}
 	}
@@ -524,7 +527,7 @@ func (s *Spool) DLQ(afterID uint64, max int) ([]DeadLetter, error) {
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bktDLQ).Cursor()
 		for k, v := c.Seek(u64(afterID + 1)); k != nil && len(out) < max; k, v = c.Next() {
-			r, err := decodeRecord(v)
+			r, err := decodeRecord(k, v)
 			if err != nil {
 				out = append(out, DeadLetter{Item: Item{ID: idOf(k), Data: append([]byte(nil), v...)}, Reason: "unreadable: " + err.Error()})
 				continue
@@ -650,7 +653,7 @@ func (s *Spool) Stats() Stats {
 				continue
 			}
 			if k, v := tx.Bucket(bktLanes[i]).Cursor().First(); k != nil {
-				if r, err := decodeRecord(v); err == nil {
+				if r, err := decodeRecord(k, v); err == nil {
 					st.Lanes[i].Oldest = fromNano(r.enqueued)
 				}
 			}

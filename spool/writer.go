@@ -523,7 +523,7 @@ func (t *txn) laneOf(id uint64) (uint8, bool) {
 }
 
 func (t *txn) addQueued(id uint64, r *record) error {
-	v := r.encode()
+	v := r.encode(id)
 	if err := t.tx.Bucket(bktLanes[r.priority]).Put(u64(id), v); err != nil {
 		return err
 	}
@@ -546,7 +546,7 @@ func (t *txn) removeQueued(lane uint8, id uint64) (record, error) {
 		return record{}, nil
 	}
 	size := int64(len(v) + 8)
-	r, derr := decodeRecord(v)
+	r, derr := decodeRecord(key, v)
 	if derr == nil {
 		r.data = append([]byte(nil), r.data...)
 		if r.expires != 0 {
@@ -582,7 +582,7 @@ func (t *txn) ack(ids []uint64) error {
 		t.ctr.acked++
 		if retain {
 			r.kind, r.stamp, r.text = kindDelivered, t.now, ""
-			v := r.encode()
+			v := r.encode(id)
 			if err := t.tx.Bucket(bktDelivered).Put(u64(id), v); err != nil {
 				return err
 			}
@@ -602,12 +602,12 @@ func (t *txn) nack(ids []uint64) error {
 		}
 		b := t.tx.Bucket(bktLanes[lane])
 		key := u64(id)
-		r, err := decodeRecord(b.Get(key))
+		r, err := decodeRecord(key, b.Get(key))
 		if err != nil {
 			continue // a bad record: the next Lease finds it and dead-letters it
 		}
 		r.attempts++
-		if err := b.Put(key, r.encode()); err != nil {
+		if err := b.Put(key, r.encode(id)); err != nil {
 			return err
 		}
 		t.resets = append(t.resets, [2]uint64{uint64(lane), id})
@@ -626,7 +626,7 @@ func (t *txn) bump(id uint64, n uint32) error {
 	}
 	b := t.tx.Bucket(bktLanes[lane])
 	key := u64(id)
-	r, err := decodeRecord(b.Get(key))
+	r, err := decodeRecord(key, b.Get(key))
 	if err != nil {
 		return nil
 	}
@@ -635,12 +635,12 @@ func (t *txn) bump(id uint64, n uint32) error {
 	}
 	r.data = append([]byte(nil), r.data...)
 	r.attempts = n
-	return b.Put(key, r.encode())
+	return b.Put(key, r.encode(id))
 }
 
 func (t *txn) toDLQ(id uint64, r record, reason string) error {
 	r.kind, r.stamp, r.text = kindDead, t.now, reason
-	v := r.encode()
+	v := r.encode(id)
 	if err := t.tx.Bucket(bktDLQ).Put(u64(id), v); err != nil {
 		return err
 	}
@@ -719,7 +719,7 @@ func (t *txn) dlqBulk(o *op) error {
 		}
 		size := int64(len(v) + 8)
 		if o.kind == opRequeue {
-			r, err := decodeRecord(v)
+			r, err := decodeRecord(k, v)
 			if err != nil {
 				continue // unreadable: only a purge removes it
 			}
@@ -753,7 +753,7 @@ func (t *txn) replay(o *op) error {
 	var keys [][]byte
 	cutoff := t.now - int64(t.s.opts.RetainDelivered)
 	for k, v := c.Seek(u64(o.after + 1)); k != nil && len(keys) < sweepBatch; k, v = c.Next() {
-		if r, err := decodeRecord(v); err == nil && r.enqueued >= o.since && r.stamp > cutoff {
+		if r, err := decodeRecord(k, v); err == nil && r.enqueued >= o.since && r.stamp > cutoff {
 			keys = append(keys, append([]byte(nil), k...))
 		}
 		o.after = idOf(k)
@@ -766,7 +766,7 @@ func (t *txn) replay(o *op) error {
 	}
 	for _, k := range keys {
 		v := b.Get(k)
-		r, err := decodeRecord(v)
+		r, err := decodeRecord(k, v)
 		if err != nil {
 			continue
 		}
@@ -799,7 +799,7 @@ func (t *txn) sweepRetained(force bool, max int) (int, error) {
 	c := b.Cursor()
 	for k, v := c.First(); k != nil && len(keys) < max; k, v = c.Next() {
 		if !force {
-			if r, err := decodeRecord(v); err == nil && r.stamp > cutoff {
+			if r, err := decodeRecord(k, v); err == nil && r.stamp > cutoff {
 				break
 			}
 		}
