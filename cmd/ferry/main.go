@@ -216,6 +216,10 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
+	if h := args[0]; h == "-h" || h == "-help" || h == "--help" || (h == "dlq" && len(args) > 1 && strings.HasPrefix(args[1], "-h")) {
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
 	sub := args[0]
 	if sub == "dlq" {
 		if len(args) < 2 {

@@ -87,6 +87,12 @@ func TestCheck(t *testing.T) {
 	if code, out, _ := runCLI(t, "", "version"); code != exitOK || !strings.HasPrefix(out, "ferry ") {
 		t.Errorf("version: %d %q", code, out)
 	}
+	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"check", "-h"}, {"passwd", "-h"}, {"spool", "-h"}, {"spool", "stats", "-h"}, {"spool", "dlq", "-h"}, {"spool", "replay", "-h"}} {
+		code, out, errs := runCLI(t, "", args...)
+		if code != exitOK || (out+errs) == "" {
+			t.Errorf("%v: exit %d, no help", args, code)
+		}
+	}
 }
 
 func TestPasswd(t *testing.T) {
