@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -177,39 +178,97 @@ func (s *Spool) boltOptions() *bolt.Options {
 
 const maxInt = int(^uint(0) >> 1)
 
-// open opens the bbolt file, salvaging it when it is damaged.
+// open opens the bbolt file, salvaging it when it is damaged. The file is
+// checked under its lock before bbolt sees it, so a spool in use by a
+// running gateway is never mistaken for a damaged one.
 func (s *Spool) open() error {
-	db, err := s.openBolt()
-	if err == nil {
-		var clean bool
-		clean, err = s.load(db)
-		if err == nil && (s.opts.Verify == VerifyAlways || (s.opts.Verify == VerifyAuto && !clean)) {
-			err = verify(db)
-		}
+	for attempt := 0; ; attempt++ {
+		err := s.checked(func() error { return s.check() })
 		if err == nil {
-			s.db = db
-			return s.markOpen()
+			err = s.openChecked()
+			if err == nil {
+				return nil
+			}
 		}
-		_ = db.Close()
+		var ce *CorruptionError
+		if !errors.As(err, &ce) {
+			return err
+		}
+		if attempt > 0 {
+			return fmt.Errorf("spool: %s is still damaged after salvage: %w", s.path, err)
+		}
+		s.log.Error("spool damaged, salvaging", "path", s.path, "err", ce.Err)
+		var rep *SalvageReport
+		err = s.checked(func() error {
+			var err error
+			rep, err = salvage(s.path, s.opts, ce.Err)
+			return err
+		})
+		if err != nil {
+			if errors.Is(err, ErrLocked) {
+				return err
+			}
+			return fmt.Errorf("spool: salvage %s: %w (cause: %w)", s.path, err, ce)
+		}
+		s.salvage = rep
+		s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.Lost, "damaged", rep.Damaged, "raw_scan", rep.RawScan)
 	}
-	var ce *CorruptionError
-	if !errors.As(err, &ce) {
+}
+
+// check validates an existing file before bbolt opens it.
+func (s *Spool) check() error {
+	fi, err := os.Stat(s.path)
+	if err != nil || fi.Size() == 0 {
+		return nil // bbolt creates it
+	}
+	if err := checkHeader(s.path); err != nil {
 		return err
 	}
-	s.log.Error("spool damaged, salvaging", "path", s.path, "err", ce.Err)
-	rep, err := salvage(s.path, s.opts, ce.Err)
-	if err != nil {
-		return fmt.Errorf("spool: salvage %s: %w (cause: %w)", s.path, err, ce)
+	return checkTree(s.path)
+}
+
+// checked runs fn holding the file's lock (the one bbolt takes), so that
+// nothing writes the file meanwhile; ErrLocked after LockTimeout.
+func (s *Spool) checked(fn func() error) error {
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return fn()
 	}
-	s.salvage = rep
-	s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.Lost, "damaged", rep.Damaged, "raw_scan", rep.RawScan)
-	db, err = s.openBolt()
+	if err != nil {
+		return fmt.Errorf("spool: open %s: %w", s.path, err)
+	}
+	defer func() { _ = f.Close() }()
+	deadline := time.Now().Add(s.opts.LockTimeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("spool: lock %s: %w", s.path, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s (is a gateway running?)", ErrLocked, s.path)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }()
+	return fn()
+}
+
+// openChecked opens the checked file with bbolt and loads the meta bucket.
+func (s *Spool) openChecked() error {
+	db, err := s.openBolt()
 	if err != nil {
 		return err
 	}
-	if _, err := s.load(db); err != nil {
+	clean, err := s.load(db)
+	if err == nil && (s.opts.Verify == VerifyAlways || (s.opts.Verify == VerifyAuto && !clean)) {
+		err = verify(db)
+	}
+	if err != nil {
 		_ = db.Close()
-		return fmt.Errorf("spool: open salvaged %s: %w", s.path, err)
+		return err
 	}
 	s.db = db
 	return s.markOpen()
@@ -218,14 +277,6 @@ func (s *Spool) open() error {
 // openBolt opens the file, turning bbolt's errors and panics on a damaged
 // file into a *CorruptionError.
 func (s *Spool) openBolt() (db *bolt.DB, err error) {
-	if fi, statErr := os.Stat(s.path); statErr == nil && fi.Size() > 0 {
-		if err := checkHeader(s.path); err != nil {
-			return nil, err
-		}
-		if err := checkTree(s.path); err != nil {
-			return nil, err
-		}
-	}
 	defer func() {
 		if r := recover(); r != nil {
 			db, err = nil, &CorruptionError{Path: s.path, Err: fmt.Errorf("bbolt: %v", r)}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 )
 
 // bbolt page layout (go.etcd.io/bbolt/internal/common): a 16-byte header
@@ -29,6 +30,7 @@ var errStructure = errors.New("damaged page")
 // to bbolt that it can read safely, and salvage reads damaged files with it.
 type boltFile struct {
 	f     *os.File
+	data  []byte // the file mapped read-only; nil: read with pread
 	size  int64
 	psize int64
 	root  uint64 // root bucket page
@@ -75,10 +77,33 @@ func openBoltFile(path string) (*boltFile, error) {
 		return nil, fmt.Errorf("%w: no valid meta page", errStructure)
 	}
 	b.psize, b.root, b.pgid = int64(best.psize), best.root, best.pgid
+	// Mapped, a 1M-message spool is checked in a fraction of the time pread
+	// takes. Every access is bounds-checked against the size first, and the
+	// file is locked meanwhile, so no access can fault.
+	if b.size > 0 && b.size <= int64(maxInt) {
+		if m, err := syscall.Mmap(int(f.Fd()), 0, int(b.size), syscall.PROT_READ, syscall.MAP_SHARED); err == nil {
+			b.data = m
+		}
+	}
 	return b, nil
 }
 
-func (b *boltFile) close() { _ = b.f.Close() }
+func (b *boltFile) close() {
+	if b.data != nil {
+		_ = syscall.Munmap(b.data)
+	}
+	_ = b.f.Close()
+}
+
+// read returns n bytes at off; the caller has checked off+n <= size.
+func (b *boltFile) read(off, n int64) ([]byte, error) {
+	if b.data != nil {
+		return b.data[off : off+n : off+n], nil
+	}
+	p := make([]byte, n)
+	_, err := b.f.ReadAt(p, off)
+	return p, err
+}
 
 // page returns page id with its overflow pages, or an error if any part of
 // it lies outside the pages in use or outside the file.
@@ -89,8 +114,8 @@ func (b *boltFile) page(id uint64) ([]byte, error) {
 	if int64(id+1)*b.psize > b.size {
 		return nil, fmt.Errorf("%w: page %d beyond the end of the file (%d bytes): truncated", errStructure, id, b.size)
 	}
-	p := make([]byte, b.psize)
-	if _, err := b.f.ReadAt(p, int64(id)*b.psize); err != nil {
+	p, err := b.read(int64(id)*b.psize, b.psize)
+	if err != nil {
 		return nil, fmt.Errorf("page %d: %w", id, err)
 	}
 	if got := binary.LittleEndian.Uint64(p); got != id {
@@ -101,8 +126,7 @@ func (b *boltFile) page(id uint64) ([]byte, error) {
 		if id+over >= b.pgid || int64(id+over+1)*b.psize > b.size {
 			return nil, fmt.Errorf("%w: page %d overflows past the end (%d more pages)", errStructure, id, over)
 		}
-		p = make([]byte, int64(over+1)*b.psize)
-		if _, err := b.f.ReadAt(p, int64(id)*b.psize); err != nil {
+		if p, err = b.read(int64(id)*b.psize, int64(over+1)*b.psize); err != nil {
 			return nil, fmt.Errorf("page %d: %w", id, err)
 		}
 	}
