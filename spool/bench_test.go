@@ -40,7 +40,7 @@ func BenchmarkPutSync(b *testing.B) {
 	for _, p := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("producers=%d", p), func(b *testing.B) {
 			s := openTest(b, Options{MaxBytes: -1})
-			const block = 512
+			block := 64 * p // each producer puts 64 per iteration: steady state, small tail
 			start := time.Now()
 			n := 0
 			for b.Loop() {

@@ -33,6 +33,7 @@ const (
 	sweepBatch      = 1000    // keys deleted per housekeeping transaction and per bulk operation
 	housekeepPeriod = time.Second
 	opsQueue        = 4096
+	lingerMax       = 200 * time.Microsecond // see run
 )
 
 // Spool is a durable priority queue in one bbolt file. It is safe for

@@ -66,13 +66,16 @@ func (s *Spool) run() {
 			}
 			batch = s.drain(append(batch, o))
 			// The producers answered by the previous commit are about to
-			// send again; yielding a few times lets them join this batch
-			// instead of the next one (without this, batches alternate
-			// between two halves of the producers). No timer: DB.Batch's
-			// 10 ms wait is what this replaces.
-			for i := 0; i < 4 && len(batch) < prev; i++ {
-				runtime.Gosched()
-				batch = s.drain(batch)
+			// send again; yielding (at most lingerMax, and only while the
+			// batch is smaller than the last one) lets them join this batch
+			// instead of the next (without it, batches alternate between
+			// two halves of the producers). Not DB.Batch's 10 ms timer: an
+			// idle spool commits at once.
+			if len(batch) < prev {
+				for t0 := time.Now(); len(batch) < prev && time.Since(t0) < lingerMax; {
+					runtime.Gosched()
+					batch = s.drain(batch)
+				}
 			}
 			prev = len(batch)
 		case <-s.kick:
