@@ -9,22 +9,6 @@ import (
 	"github.com/ferrymq/ferry/spool/spooltest"
 )
 
-// skipIfStub skips t while spool.Open is still the stub that returns "spool:
-// not implemented yet"; any other Open error fails.
-func skipIfStub(t *testing.T) {
-	t.Helper()
-	s, err := spool.Open(filepath.Join(t.TempDir(), "probe.db"), spool.Options{})
-	if err != nil {
-		if err.Error() == "spool: not implemented yet" {
-			t.Skip("spool.Open is a stub: not implemented yet")
-		}
-		t.Fatalf("Open: %v", err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-}
-
 // openSpool opens a bbolt spool in a fresh directory and closes it in
 // Cleanup.
 func openSpool(t *testing.T, opts spool.Options) (spooltest.Queue, func() spooltest.Queue) {
@@ -64,6 +48,5 @@ func TestConformanceMemory(t *testing.T) {
 }
 
 func TestConformanceBolt(t *testing.T) {
-	skipIfStub(t)
 	spooltest.Run(t, openSpool)
 }

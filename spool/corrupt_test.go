@@ -405,7 +405,6 @@ func rawReadable(b []byte, ps int) map[int]bool {
 }
 
 func TestCorruption(t *testing.T) {
-	skipIfStub(t)
 	seed := testSeed(t)
 	tests := []struct {
 		name string
@@ -555,7 +554,6 @@ func TestCorruption(t *testing.T) {
 }
 
 func TestOpenNotASpool(t *testing.T) {
-	skipIfStub(t)
 	tests := []struct {
 		name  string
 		write func(t *testing.T, path string)
@@ -638,7 +636,6 @@ func TestOpenNotASpool(t *testing.T) {
 }
 
 func TestOpenLocked(t *testing.T) {
-	skipIfStub(t)
 	path := filepath.Join(t.TempDir(), "spool.db")
 	s, err := spool.Open(path, spool.Options{})
 	if err != nil {

@@ -134,7 +134,6 @@ func TestCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test: skipped under -short")
 	}
-	skipIfStub(t)
 	rng := rand.New(rand.NewPCG(testSeed(t), 0xc4a5))
 	path := filepath.Join(t.TempDir(), "spool.db")
 	acked := map[crashKey]uint64{}

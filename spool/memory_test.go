@@ -23,7 +23,6 @@ func TestMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1M-message memory test: skipped under -short")
 	}
-	skipIfStub(t)
 	const (
 		producers = 64
 		size      = 64

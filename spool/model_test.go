@@ -58,7 +58,6 @@ func modelOpts(clk *spooltest.Clock) spool.Options {
 // model, and compares every answer: lease order and contents, attempts,
 // duplicates, DLQ and counts.
 func TestModelBolt(t *testing.T) {
-	skipIfStub(t)
 	clk := spooltest.NewClock()
 	opts := modelOpts(clk)
 	sut, reopen := openSpool(t, opts)

@@ -3,8 +3,6 @@ package mqtt
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,42 +14,22 @@ import (
 
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/spool"
+	"github.com/ferrymq/ferry/spool/spooltest"
 )
 
 // childEnv switches the test binary into the durability child: the value is
 // the spool path (see TestMain).
 const childEnv = "FERRY_MQTT_DURABILITY_CHILD"
 
-// errSpoolStub is the text of the error the spool returns while it is a stub.
-const errSpoolStub = "spool: not implemented yet"
-
 // spoolSink is the Sink the gateway wires: encode, Put, map the spool's
 // errors to the message package's.
-func spoolSink(sp *spool.Spool) message.Sink {
-	return message.SinkFunc(func(ctx context.Context, m *message.Message) error {
-		_, err := sp.Put(ctx, spool.Entry{Priority: m.Priority, ExpiresAt: m.ExpiresAt, DedupeKey: m.DedupeKey, Data: message.Encode(nil, m)})
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, spool.ErrFull):
-			return fmt.Errorf("%w: %w", message.ErrFull, err)
-		case errors.Is(err, spool.ErrTooLarge):
-			return fmt.Errorf("%w: %w", message.ErrTooLarge, err)
-		case errors.Is(err, spool.ErrClosed):
-			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
-		}
-		return err
-	})
-}
+func spoolSink(sp *spool.Spool) message.Sink { return spooltest.Sink(sp) }
 
-// openSpoolOrSkip opens a spool, skipping the test while the spool is a stub.
-func openSpoolOrSkip(tb testing.TB, path string) *spool.Spool {
+// openSpool opens a spool or fails the test.
+func openSpool(tb testing.TB, path string) *spool.Spool {
 	tb.Helper()
 	sp, err := spool.Open(path, spool.Options{})
 	if err != nil {
-		if err.Error() == errSpoolStub {
-			tb.Skip("the spool is still a stub (spool.Open: " + errSpoolStub + ")")
-		}
 		tb.Fatalf("spool.Open: %v", err)
 	}
 	return sp
@@ -86,7 +64,7 @@ func TestDurabilityAckedMessagesSurviveKill(t *testing.T) {
 		t.Skip("child process test")
 	}
 	dir := t.TempDir()
-	if err := openSpoolOrSkip(t, filepath.Join(dir, "probe.db")).Close(); err != nil {
+	if err := openSpool(t, filepath.Join(dir, "probe.db")).Close(); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "spool.db")

@@ -167,9 +167,6 @@ func BenchmarkSendReceiptsSpool(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			sp, err := spool.Open(filepath.Join(b.TempDir(), "spool.db"), spool.Options{})
 			if err != nil {
-				if strings.Contains(err.Error(), "not implemented yet") {
-					b.Skip(err)
-				}
 				b.Fatal(err)
 			}
 			defer func() { _ = sp.Close() }()

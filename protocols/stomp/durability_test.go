@@ -2,8 +2,6 @@ package stomp
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/spool"
+	"github.com/ferrymq/ferry/spool/spooltest"
 )
 
 // childEnv switches the test binary into the durability child: it serves
@@ -29,34 +28,7 @@ const childEnv = "FERRY_STOMP_DURABILITY_CHILD"
 
 // spoolSink is the gateway's wiring in miniature: message.Encode into a
 // spool.Entry, spool errors mapped to message errors.
-// spoolSink stores into a real spool the way the gateway's sink does: as a
-// message.OrderedSink over spool.PutAsync, so pipelined SENDs keep their
-// order and share commits.
-func spoolSink(sp *spool.Spool) message.Sink { return orderedSpool{sp} }
-
-type orderedSpool struct{ sp *spool.Spool }
-
-func (o orderedSpool) Accept(ctx context.Context, m *message.Message) error {
-	return o.Submit(ctx, m)()
-}
-
-func (o orderedSpool) Submit(ctx context.Context, m *message.Message) func() error {
-	wait := o.sp.PutAsync(ctx, spool.Entry{Priority: m.Priority, ExpiresAt: m.ExpiresAt, DedupeKey: m.DedupeKey, Data: message.Encode(nil, m)})
-	return func() error {
-		_, err := wait()
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, spool.ErrFull):
-			return fmt.Errorf("%w: %w", message.ErrFull, err)
-		case errors.Is(err, spool.ErrTooLarge):
-			return fmt.Errorf("%w: %w", message.ErrTooLarge, err)
-		case errors.Is(err, spool.ErrClosed):
-			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
-		}
-		return err
-	}
-}
+func spoolSink(sp *spool.Spool) message.Sink { return spooltest.Sink(sp) }
 
 func runChild() {
 	path := os.Getenv(childEnv)
@@ -91,9 +63,6 @@ func TestDurabilityKill9(t *testing.T) {
 	path := filepath.Join(dir, "spool.db")
 	sp, err := spool.Open(path, spool.Options{})
 	if err != nil {
-		if strings.Contains(err.Error(), "spool: not implemented yet") {
-			t.Skip("spool is still a stub: " + err.Error())
-		}
 		t.Fatalf("open spool: %v", err)
 	}
 	if err := sp.Close(); err != nil {
