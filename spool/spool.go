@@ -33,7 +33,8 @@ const (
 	sweepBatch      = 1000    // keys deleted per housekeeping transaction and per bulk operation
 	housekeepPeriod = time.Second
 	opsQueue        = 4096
-	lingerMax       = 200 * time.Microsecond // see run
+	lingerMin       = 50 * time.Microsecond // see run
+	lingerMax       = time.Millisecond
 )
 
 // Spool is a durable priority queue in one bbolt file. It is safe for
@@ -56,9 +57,10 @@ type Spool struct {
 	salvage *SalvageReport
 
 	// Owned by the writer goroutine.
-	nextID   uint64
-	dirty    bool // Interval durability: committed but not yet fsync'd
-	lastSync time.Time
+	lastCommit time.Duration
+	nextID     uint64
+	dirty      bool // Interval durability: committed but not yet fsync'd
+	lastSync   time.Time
 
 	mu         sync.Mutex // guards the fields below
 	cur        counts     // committed totals

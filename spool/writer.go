@@ -66,13 +66,16 @@ func (s *Spool) run() {
 			}
 			batch = s.drain(append(batch, o))
 			// The producers answered by the previous commit are about to
-			// send again; yielding (at most lingerMax, and only while the
-			// batch is smaller than the last one) lets them join this batch
-			// instead of the next (without it, batches alternate between
-			// two halves of the producers). Not DB.Batch's 10 ms timer: an
-			// idle spool commits at once.
+			// send again; yielding while the batch is smaller than the last
+			// one lets them join this batch instead of the next (without
+			// it, batches alternate between two halves of the producers and
+			// each message waits for two commits). The wait is bounded by
+			// half the last commit's duration (lingerMin..lingerMax): it
+			// never costs more than it can save. Not DB.Batch's 10 ms
+			// timer: an idle spool commits at once.
 			if len(batch) < prev {
-				for t0 := time.Now(); len(batch) < prev && time.Since(t0) < lingerMax; {
+				limit := min(max(s.lastCommit/2, lingerMin), lingerMax)
+				for t0 := time.Now(); len(batch) < prev && time.Since(t0) < limit; {
 					runtime.Gosched()
 					batch = s.drain(batch)
 				}
@@ -214,6 +217,7 @@ func (s *Spool) commit(batch []*op) {
 		t, err = s.runTxn(base, batch, internal)
 	}
 	elapsed := time.Since(start)
+	s.lastCommit = elapsed
 	if err != nil {
 		err = fmt.Errorf("spool: commit: %w", err)
 		s.log.Error("spool commit failed", "path", s.path, "err", err, "ops", len(batch))
