@@ -1,0 +1,442 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/ferrymq/ferry/bridge/bridgetest"
+	"github.com/ferrymq/ferry/protocols/message"
+)
+
+// seqMessages makes n messages over topics t0..t{topics-1} with upstream
+// topic prefix/tK and JSON payload {"seq":N} counting per topic. It returns
+// the messages and the expected count per upstream topic.
+func seqMessages(prefix string, n, topics int) ([]*message.Message, map[string]int) {
+	want := map[string]int{}
+	msgs := make([]*message.Message, 0, n)
+	now := time.Now()
+	for i := range n {
+		dev := fmt.Sprintf("dev/t%d", i%topics)
+		up := prefix + "/" + dev
+		msgs = append(msgs, &message.Message{
+			ID: message.NewID(now), Topic: dev, UpstreamTopic: up, UpstreamQoS: 1, AcceptedAt: now,
+			Payload: fmt.Appendf(nil, `{"seq":%d}`, want[up]), Source: message.Source{Protocol: message.ProtoMQTT, ClientID: "sim"},
+		})
+		want[up]++
+	}
+	return msgs, want
+}
+
+func seqOf(r bridgetest.Record) (string, int, bool) {
+	var p struct {
+		Seq *int `json:"seq"`
+	}
+	if json.Unmarshal(r.Payload, &p) != nil || p.Seq == nil {
+		return "", 0, false
+	}
+	return r.Topic, *p.Seq, true
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("BRIDGE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return nil
+}
+
+func startBridge(t *testing.T, q Queue, o Options) (*Bridge, func()) {
+	t.Helper()
+	if o.BackoffBase == 0 {
+		o.BackoffBase, o.BackoffMax = 20*time.Millisecond, 200*time.Millisecond
+	}
+	if o.GatewayID == "" {
+		o.GatewayID = "gw1"
+	}
+	if o.Logger == nil {
+		o.Logger = testLogger(t)
+	}
+	b, err := New(q, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, runBridge(t, b)
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func allUnique(want map[string]int) func([]bridgetest.Record) bool {
+	total := 0
+	for _, n := range want {
+		total += n
+	}
+	return func(rs []bridgetest.Record) bool {
+		if len(rs) < total {
+			return false
+		}
+		return bridgetest.Check(rs, want, seqOf).Unique >= total
+	}
+}
+
+// TestLinkDownBacklogDrains: link down, 100,000 messages spooled, link up:
+// all arrive, per-topic order, nothing lost, no duplicates.
+func TestLinkDownBacklogDrains(t *testing.T) {
+	// The real spool drains the full 100,000; the fake queue (whose
+	// ordering the unit tests cover) a smaller backlog, to keep the package
+	// under two minutes with -race.
+	for _, kind := range queueKinds {
+		n := 100_000
+		if kind == "fake" {
+			n = 20_000
+		}
+		t.Run("queue="+kind, func(t *testing.T) {
+			mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+			q := newTestQueue(t, kind)
+			sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "up/#", Envelope: true})
+			px := bridgetest.NewProxy(t, mq.Addr())
+			px.Refuse()
+			b, stop := startBridge(t, q, Options{Brokers: []string{px.URL()}, Format: FormatEnvelope})
+			waitUntil(t, 5*time.Second, "backoff while the link is down", func() bool { return b.State() == StateBackoff })
+			msgs, want := seqMessages("up", n, 8)
+			q.putAll(t, msgs)
+			time.Sleep(100 * time.Millisecond)
+			if s := b.Stats(); s.Published != 0 || q.left(t) != n {
+				t.Fatalf("link down: published %d, %d left in the queue", s.Published, q.left(t))
+			}
+			start := time.Now()
+			px.Heal()
+			if !sub.WaitFor(90*time.Second, allUnique(want)) {
+				t.Fatalf("not all arrived: %v", bridgetest.Check(sub.Records(), want, seqOf))
+			}
+			el := time.Since(start)
+			waitUntil(t, 5*time.Second, "queue empty", func() bool { return q.left(t) == 0 })
+			stop()
+			rep := bridgetest.Check(sub.Records(), want, seqOf)
+			if !rep.OK() || rep.Duplicates != 0 {
+				t.Fatalf("%v", rep)
+			}
+			t.Logf("%d messages drained in %v (%.0f msgs/s incl. subscriber); %v", n, el, float64(n)/el.Seconds(), rep)
+		})
+	}
+}
+
+// TestChaosNoLossInOrder: a drain while mosquitto is restarted 5 times, the
+// proxy cuts every few hundred messages and once blackholes the link.
+func TestChaosNoLossInOrder(t *testing.T) {
+	for _, kind := range queueKinds {
+		n := 20_000
+		if kind == "fake" {
+			n = 12_000
+		}
+		t.Run("queue="+kind, func(t *testing.T) {
+			const window, parts = 64, 2
+			const stall = time.Second
+			mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{Persistence: true})
+			q := newTestQueue(t, kind)
+			sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "up/#", Envelope: true, ClientID: "chaos-sub"})
+			px := bridgetest.NewProxy(t, mq.Addr())
+			msgs, want := seqMessages("up", n, 12)
+			// Spool in the background while draining: live traffic.
+			putDone := make(chan struct{})
+			go func() {
+				defer close(putDone)
+				for i := 0; i < len(msgs); i += 1000 {
+					q.putAll(t, msgs[i:min(i+1000, len(msgs))])
+					time.Sleep(20 * time.Millisecond)
+				}
+			}()
+			b, stop := startBridge(t, q, Options{Brokers: []string{px.URL()}, Format: FormatEnvelope,
+				Window: window, Partitions: parts, StallTimeout: stall, ConnectTimeout: time.Second})
+			restarts, cuts, blackholed := 0, 0, false
+			deadline := time.Now().Add(100 * time.Second)
+			for !allUnique(want)(sub.Records()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("timed out: %v; stats %+v", bridgetest.Check(sub.Records(), want, seqOf), b.Stats())
+				}
+				got := sub.Len()
+				switch {
+				case restarts < 5 && got > (restarts+1)*n/7:
+					mq.Restart()
+					restarts++
+				case got > (cuts+1)*400:
+					px.Cut()
+					cuts++
+				case !blackholed && got > n/2 && b.State() == StateUp:
+					stalls := b.Stats().Stalls
+					px.Blackhole()
+					start := time.Now()
+					waitUntil(t, 3*stall+2*time.Second, "stall detection", func() bool { return b.Stats().Stalls > stalls })
+					t.Logf("blackhole detected after %v (stall timeout %v)", time.Since(start).Round(time.Millisecond), stall)
+					px.Heal()
+					blackholed = true
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			<-putDone
+			waitUntil(t, 10*time.Second, "queue empty", func() bool { return q.left(t) == 0 })
+			stop()
+			rep := bridgetest.Check(sub.Records(), want, seqOf)
+			s := b.Stats()
+			t.Logf("restarts=%d cuts=%d blackhole=%v; %v; bridge: published=%d acked=%d resent=%d reconnects=%d stalls=%d",
+				restarts, cuts, blackholed, rep, s.Published, s.Acked, s.Resent, s.Reconnects, s.Stalls)
+			if !rep.OK() {
+				t.Fatalf("%v", rep)
+			}
+			if restarts < 5 || !blackholed || s.Stalls == 0 {
+				t.Fatalf("chaos incomplete: restarts %d blackhole %v stalls %d", restarts, blackholed, s.Stalls)
+			}
+			if d := q.dead(t); len(d) != 0 {
+				t.Fatalf("dead letters: %v", d)
+			}
+			// Duplicates come from resends of in-flight messages (at most
+			// window per partition per event) and mosquitto's own
+			// redelivery to the subscriber after a restart.
+			if maxDup := (restarts + cuts + 10) * (window*parts + 100); rep.Duplicates > maxDup {
+				t.Fatalf("%d duplicates, more than %d", rep.Duplicates, maxDup)
+			}
+		})
+	}
+}
+
+// TestWindowsAndPartitionsKeepOrder: windows 1..256 and 1 or 4 partitions,
+// with proxy cuts, keep per-topic order.
+func TestWindowsAndPartitionsKeepOrder(t *testing.T) {
+	mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	// The real spool only: the fake queue's ordering is covered by
+	// TestRandomCutsKeepOrder.
+	for _, kind := range []string{"spool"} {
+		for _, parts := range []int{1, 4} {
+			for _, window := range []int{1, 16, 64, 256} {
+				t.Run(fmt.Sprintf("queue=%s/partitions=%d/window=%d", kind, parts, window), func(t *testing.T) {
+					q := newTestQueue(t, kind)
+					prefix := fmt.Sprintf("w%d-p%d-%s", window, parts, kind)
+					sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: prefix + "/#"})
+					px := bridgetest.NewProxy(t, mq.Addr())
+					msgs, want := seqMessages(prefix, 2000, 16)
+					q.putAll(t, msgs)
+					b, stop := startBridge(t, q, Options{Brokers: []string{px.URL()}, Window: window, Partitions: parts,
+						ClientID: "ferry-{gateway_id}-" + prefix})
+					cuts := 0
+					ok := sub.WaitFor(60*time.Second, func(rs []bridgetest.Record) bool {
+						if len(rs) > (cuts+1)*700 {
+							px.Cut()
+							cuts++
+						}
+						return allUnique(want)(rs)
+					})
+					if !ok {
+						t.Fatalf("not all arrived: %v", bridgetest.Check(sub.Records(), want, seqOf))
+					}
+					stop()
+					rep := bridgetest.Check(sub.Records(), want, seqOf)
+					if !rep.OK() {
+						t.Fatalf("%v", rep)
+					}
+					if s := b.Stats(); s.Reconnects == 0 || len(s.Partitions) != parts {
+						t.Fatalf("stats %+v", s)
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{RequireCertificate: true})
+	t.Run("client certificate", func(t *testing.T) {
+		tlsCfg, err := LoadTLS(TLSFiles{CAFile: mq.Certs.CAFile, CertFile: mq.Certs.ClientCert, KeyFile: mq.Certs.ClientKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "tls/#", TLS: mq.Certs.ClientTLS()})
+		q := newFakeQueue()
+		msgs, want := seqMessages("tls", 200, 2)
+		for _, m := range msgs {
+			q.put(m)
+		}
+		startBridge(t, q, Options{Brokers: []string{mq.URL()}, TLS: tlsCfg})
+		if !sub.WaitFor(20*time.Second, allUnique(want)) {
+			t.Fatalf("%v", bridgetest.Check(sub.Records(), want, seqOf))
+		}
+	})
+	for _, tc := range []struct {
+		name, want string
+		files      func() TLSFiles
+	}{
+		{"wrong CA", "certificate", func() TLSFiles {
+			return TLSFiles{CAFile: bridgetest.OtherCA(t, t.TempDir()), CertFile: mq.Certs.ClientCert, KeyFile: mq.Certs.ClientKey}
+		}},
+		{"no client certificate", "certificate required", func() TLSFiles { return TLSFiles{CAFile: mq.Certs.CAFile} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tlsCfg, err := LoadTLS(tc.files())
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := newFakeQueue()
+			q.putN(10, "x")
+			b, stop := startBridge(t, q, Options{Brokers: []string{mq.URL()}, TLS: tlsCfg,
+				BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
+			time.Sleep(2 * time.Second)
+			s := b.Stats()
+			stop()
+			p := s.Partitions[0]
+			t.Logf("state %v, failures %d, last error: %s", s.State, p.Failures, s.LastError)
+			if p.Connects != 0 || s.Published != 0 || s.LastError == "" || !strings.Contains(s.LastError, tc.want) {
+				t.Fatalf("connects %d published %d last error %q", p.Connects, s.Published, s.LastError)
+			}
+			if s.State != StateBackoff && s.State != StateConnecting {
+				t.Fatalf("state %v, want backoff", s.State)
+			}
+			// Backoff, not a crash loop: ~2s / mean 200ms delay.
+			if p.Failures < 2 || p.Failures > 40 {
+				t.Fatalf("%d connection attempts in 2s", p.Failures)
+			}
+			if q.remaining() != 10 {
+				t.Fatal("messages left the queue")
+			}
+		})
+	}
+}
+
+func TestPasswordAuth(t *testing.T) {
+	mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{Users: map[string]string{"ferry": "s3cret"}})
+	sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "auth/#", Username: "ferry", Password: "s3cret"})
+	q := newFakeQueue()
+	msgs, want := seqMessages("auth", 50, 1)
+	for _, m := range msgs {
+		q.put(m)
+	}
+	bad, stopBad := startBridge(t, newFakeQueue(), Options{Brokers: []string{mq.URL()}, Username: "ferry", Password: "wrong", ClientID: "bad"})
+	startBridge(t, q, Options{Brokers: []string{mq.URL()}, Username: "ferry", Password: "s3cret"})
+	if !sub.WaitFor(20*time.Second, allUnique(want)) {
+		t.Fatalf("%v", bridgetest.Check(sub.Records(), want, seqOf))
+	}
+	waitUntil(t, 5*time.Second, "auth failure", func() bool { return bad.Stats().LastError != "" })
+	s := bad.Stats()
+	stopBad()
+	if !strings.Contains(s.LastError, "not Authorized") && !strings.Contains(s.LastError, "bad user name or password") {
+		t.Fatalf("wrong password: last error %q", s.LastError)
+	}
+}
+
+// TestPoisonMessageDeadLettered: mosquitto drops the connection on a packet
+// over max_packet_size; that message ends in the DLQ and the rest flows.
+func TestPoisonMessageDeadLettered(t *testing.T) {
+	for _, kind := range queueKinds {
+		t.Run("queue="+kind, func(t *testing.T) {
+			mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{MaxPacketSize: 4096})
+			q := newTestQueue(t, kind)
+			sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "up/#"})
+			msgs, want := seqMessages("up", 500, 4)
+			big := &message.Message{ID: "poison", Topic: "dev/t1", UpstreamTopic: "up/dev/t1", Payload: make([]byte, 16<<10)}
+			all := append(append(append([]*message.Message{}, msgs[:201]...), big), msgs[201:]...)
+			q.putAll(t, all)
+			b, _ := startBridge(t, q, Options{Brokers: []string{mq.URL()}, Window: 32, MaxAttempts: 4})
+			if !sub.WaitFor(30*time.Second, allUnique(want)) {
+				t.Fatalf("%v; stats %+v; dead %v", bridgetest.Check(sub.Records(), want, seqOf), b.Stats(), q.dead(t))
+			}
+			waitUntil(t, 5*time.Second, "queue empty", func() bool { return q.left(t) == 0 })
+			dead := q.dead(t)
+			if len(dead) != 1 {
+				t.Fatalf("dead letters %v, want just the poison message", dead)
+			}
+			for _, reason := range dead {
+				if !strings.Contains(reason, "delivery failed 4 times") {
+					t.Fatalf("reason %q", reason)
+				}
+			}
+			if rep := bridgetest.Check(sub.Records(), want, seqOf); !rep.OK() {
+				t.Fatalf("%v", rep)
+			}
+			if s := b.Stats(); s.DeadLettered != 1 {
+				t.Fatalf("stats dead-lettered %d", s.DeadLettered)
+			}
+		})
+	}
+}
+
+// TestDownstreamPubackAfterSink: a command published upstream reaches the
+// sink, and mosquitto gets the bridge's PUBACK only after the sink accepted
+// it. With max_inflight_messages 1 mosquitto sends the second command only
+// after the first was acked, which makes the PUBACK observable.
+func TestDownstreamPubackAfterSink(t *testing.T) {
+	mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{Extra: []string{"max_inflight_messages 1"}})
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var got []string
+	sink := message.SinkFunc(func(ctx context.Context, m *message.Message) error {
+		mu.Lock()
+		got = append(got, string(m.Payload))
+		first := len(got) == 1
+		mu.Unlock()
+		if first {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if m.Source.Protocol != message.ProtoUpstream || m.ID == "" {
+			return fmt.Errorf("bad message %+v", m)
+		}
+		return nil
+	})
+	b, _ := startBridge(t, newFakeQueue(), Options{Brokers: []string{mq.URL()}, Downstream: []string{"cmd/{gateway_id}/#"}, DownstreamSink: sink})
+	waitUntil(t, 5*time.Second, "bridge up", func() bool { return b.State() == StateUp })
+	pub := paho.NewClient(paho.NewClientOptions().AddBroker(mq.URL()).SetClientID("cmd-pub"))
+	if tok := pub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(100)
+	for _, p := range []string{"first", "second"} {
+		if tok := pub.Publish("cmd/gw1/led", 1, false, p); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	waitUntil(t, 5*time.Second, "first command at the sink", func() bool { return b.Stats().DownstreamReceived >= 1 })
+	time.Sleep(500 * time.Millisecond)
+	if s := b.Stats(); s.DownstreamReceived != 1 || s.DownstreamAccepted != 0 {
+		t.Fatalf("before release: received %d accepted %d: mosquitto got a PUBACK before the sink accepted", s.DownstreamReceived, s.DownstreamAccepted)
+	}
+	close(release)
+	waitUntil(t, 5*time.Second, "second command", func() bool { return b.Stats().DownstreamAccepted == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, ",") != "first,second" {
+		t.Fatalf("sink got %v", got)
+	}
+}
+
+func TestWebSocketUpstream(t *testing.T) {
+	wsPort := bridgetest.FreePort(t)
+	mq := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{Extra: []string{
+		fmt.Sprintf("listener %d 127.0.0.1", wsPort), "protocol websockets", "allow_anonymous true"}})
+	sub := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: mq.URL(), Filter: "ws/#"})
+	q := newFakeQueue()
+	msgs, want := seqMessages("ws", 300, 3)
+	for _, m := range msgs {
+		q.put(m)
+	}
+	b, _ := startBridge(t, q, Options{Brokers: []string{fmt.Sprintf("ws://127.0.0.1:%d", wsPort)}})
+	if !sub.WaitFor(20*time.Second, allUnique(want)) {
+		t.Fatalf("%v; stats %+v; mosquitto log:\n%s", bridgetest.Check(sub.Records(), want, seqOf), b.Stats(), mq.Log())
+	}
+}
