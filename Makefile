@@ -30,10 +30,9 @@ $(LINT):
 lint: $(LINT)
 	$(LINT) run ./...
 
-## bench: end-to-end and component benchmarks, printed as a table
+## bench: component and end-to-end benchmarks, printed as a table (BENCH_FULL=1: also the 1M-message ones)
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./spool/ ./protocols/... ./bridge/ 2>&1 | tee bench.out
-	@echo; echo "full numbers: bench.out (compare runs with benchstat)"
+	./.ci/bench
 
 ## fuzz-smoke: run every fuzzer for FUZZTIME each
 fuzz-smoke:
