@@ -425,9 +425,16 @@ func TestPartitionsStableAndClientIDs(t *testing.T) {
 			t.Fatalf("client id %q want %q", p.clientID, want)
 		}
 	}
-	for _, topic := range []string{"a", "sensors/1/temp", "x/y/z"} {
-		if b.partitionOf(topic) != b.partitionOf(topic) {
-			t.Fatal("unstable partition")
+	// Stable: another bridge (another process, after a restart) maps every
+	// topic to the same partition, so a topic's order survives restarts.
+	b2, err := New(newFakeQueue(), Options{Brokers: []string{"tcp://127.0.0.1:1"}, GatewayID: "gw7", Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		topic := fmt.Sprint("sensors/", i, "/temp")
+		if b.partitionOf(topic).idx != b2.partitionOf(topic).idx {
+			t.Fatalf("%s: partition %d in one bridge, %d in another", topic, b.partitionOf(topic).idx, b2.partitionOf(topic).idx)
 		}
 	}
 	used := map[int]bool{}

@@ -136,15 +136,6 @@ func (q *fakeQueue) deadLetters() map[uint64]string {
 	return out
 }
 
-func (q *fakeQueue) attempts(id uint64) uint32 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if it, ok := q.items[id]; ok {
-		return it.Attempts
-	}
-	return 0
-}
-
 type idHeap []uint64
 
 func (h idHeap) Len() int           { return len(h) }
@@ -198,12 +189,6 @@ func (u *fakeUpstream) Connect(ctx context.Context, cfg ConnConfig) (Conn, error
 	u.mu.Unlock()
 	u.newConn <- c
 	return c, nil
-}
-
-func (u *fakeUpstream) connectAttempts() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.attempts
 }
 
 func (u *fakeUpstream) log() []fakePub {

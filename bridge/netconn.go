@@ -49,7 +49,7 @@ func dial(uri *url.URL, o paho.ClientOptions, dead func(error)) (net.Conn, error
 		err = tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
-			raw.Close()
+			_ = raw.Close()
 			break
 		}
 		c = tc
@@ -151,7 +151,7 @@ func (b *bufConn) flush() {
 			b.cond.Broadcast()
 			b.mu.Unlock()
 			b.died(fmt.Errorf("write: %w", err))
-			b.Conn.Close()
+			_ = b.Conn.Close()
 			return
 		}
 	}
@@ -163,7 +163,7 @@ func (b *bufConn) flush() {
 func (b *bufConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetDeadline sets only the read deadline, see SetWriteDeadline.
-func (b *bufConn) SetDeadline(t time.Time) error { return b.Conn.SetReadDeadline(t) }
+func (b *bufConn) SetDeadline(t time.Time) error { return b.SetReadDeadline(t) }
 
 func (b *bufConn) Close() error {
 	b.mu.Lock()

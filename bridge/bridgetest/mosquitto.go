@@ -199,7 +199,7 @@ func waitListening(addr string, exited <-chan struct{}, d time.Duration) bool {
 		}
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
-			c.Close()
+			_ = c.Close()
 			return true
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -289,6 +289,6 @@ func FreePort(t testing.TB) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }

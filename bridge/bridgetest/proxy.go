@@ -33,8 +33,8 @@ type proxyConn struct {
 
 func (c *proxyConn) close() {
 	c.once.Do(func() {
-		c.client.Close()
-		c.server.Close()
+		_ = c.client.Close()
+		_ = c.server.Close()
 	})
 }
 
@@ -77,13 +77,13 @@ func (p *Proxy) accept() {
 		p.accepted++
 		if p.refuse || p.closed {
 			p.mu.Unlock()
-			c.Close()
+			_ = c.Close()
 			continue
 		}
 		p.mu.Unlock()
 		s, err := net.DialTimeout("tcp", p.target, 2*time.Second)
 		if err != nil {
-			c.Close()
+			_ = c.Close()
 			continue
 		}
 		pc := &proxyConn{client: c, server: s}
@@ -220,7 +220,7 @@ func (p *Proxy) Close() {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	p.ln.Close()
+	_ = p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
 }

@@ -251,7 +251,7 @@ func dialBench(addr, clientID string) (*rawPublisher, error) {
 	var ack [4]byte
 	if _, err := io.ReadFull(p.r, ack[:]); err != nil || ack[0] != 0x20 || ack[3] != 0 {
 		_ = c.Close()
-		return nil, fmt.Errorf("connack %x: %v", ack, err)
+		return nil, fmt.Errorf("connack %x: %w", ack, err)
 	}
 	return p, nil
 }
