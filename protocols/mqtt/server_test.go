@@ -501,9 +501,12 @@ func TestAuth(t *testing.T) {
 	if code != 0x87 {
 		t.Errorf("v5 anonymous: CONNACK %#x, want 0x87", code)
 	}
-	if st := s.Stats(); st.Refused[ReasonNotAuthorized] != 4 || st.Connections != 1 {
-		t.Errorf("stats: refused %v connections %d", st.Refused, st.Connections)
-	}
+	// Connections counts in OnSessionEstablished, which mochi calls after it
+	// wrote the CONNACK: wait for it rather than race it.
+	waitFor(t, "stats: 4 refused, 1 connection", func() bool {
+		st := s.Stats()
+		return st.Refused[ReasonNotAuthorized] == 4 && st.Connections == 1
+	})
 }
 
 func TestACL(t *testing.T) {
