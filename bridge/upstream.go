@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,6 +121,13 @@ func (u *Paho) Connect(ctx context.Context, cfg ConnConfig) (Conn, error) {
 	tok := c.client.Connect()
 	if err := waitToken(ctx, tok); err != nil {
 		c.client.Disconnect(0)
+		// paho reports what its reader saw last ("use of closed network
+		// connection" once our flusher closed the socket); the first
+		// failure on the connection (a TLS alert, say) is what an
+		// operator needs.
+		if cause := c.Err(); cause != nil && !strings.Contains(err.Error(), cause.Error()) {
+			err = fmt.Errorf("%w (first failure on the connection: %v)", err, cause)
+		}
 		return nil, fmt.Errorf("connect %v: %w", u.Brokers, err)
 	}
 	if len(cfg.Subscriptions) > 0 {
