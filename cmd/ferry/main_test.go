@@ -219,21 +219,22 @@ func TestRunSmoke(t *testing.T) {
 	waitPort(t, addrs["1883"], exited, logs)
 
 	got := make(chan string, 1)
-	o := paho.NewClientOptions().AddBroker("tcp://" + addrs["1884"]).SetClientID("smoke-sub")
-	o.SetOnConnectHandler(func(c paho.Client) {
-		c.Subscribe("sites/#", 1, func(_ paho.Client, m paho.Message) {
-			select {
-			case got <- m.Topic() + " " + string(m.Payload()):
-			default:
-			}
-		})
-	})
-	sub := paho.NewClient(o)
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addrs["1884"]).SetClientID("smoke-sub"))
 	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe to the embedded upstream: %v\n%s", tok.Error(), logs.String())
+		t.Fatalf("connect to the embedded upstream: %v\n%s", tok.Error(), logs.String())
 	}
 	defer sub.Disconnect(100)
-	time.Sleep(200 * time.Millisecond) // subscription in place
+	// Wait for the SUBACK: a message bridged before the subscription exists
+	// would not be delivered to it.
+	tok := sub.Subscribe("sites/#", 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case got <- m.Topic() + " " + string(m.Payload()):
+		default:
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe on the embedded upstream: %v", tok.Error())
+	}
 	host, port, _ := net.SplitHostPort(addrs["1883"])
 	if out, err := exec.Command(pub, "-h", host, "-p", port, "-q", "1", "-t", "sensors/room1/temp", "-m", "21.5").CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_pub: %v\n%s", err, out)
