@@ -58,8 +58,13 @@ type authUser struct {
 }
 
 // dummyHash is checked against when the user does not exist, so that an
-// unknown user costs as much time as a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("ferry-dummy-password"), bcrypt.MinCost)
+// unknown user costs as much time as a wrong password: it has the default
+// cost, which `ferry passwd` uses (a MinCost dummy would answer unknown
+// users ~64x faster and so tell which users exist). Made on first use.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("ferry-dummy-password"), DefaultBcryptCost)
+	return h
+})
 
 // NewAuth builds an Auth from c's users (after LoadUsersFile), anonymous
 // and allow_anonymous.
@@ -106,7 +111,7 @@ func (a *Auth) Authenticate(username, password string, hasPassword bool) error {
 	}
 	u, ok := st.users[username]
 	if !ok || !hasPassword {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
 		return fmt.Errorf("%w: bad username or password", message.ErrNotAuthorized)
 	}
 	key := a.cacheKey(username, password, u.hash)
