@@ -126,7 +126,7 @@ func (u *Paho) Connect(ctx context.Context, cfg ConnConfig) (Conn, error) {
 		// failure on the connection (a TLS alert, say) is what an
 		// operator needs.
 		if cause := c.Err(); cause != nil && !strings.Contains(err.Error(), cause.Error()) {
-			err = fmt.Errorf("%w (first failure on the connection: %v)", err, cause)
+			err = fmt.Errorf("%w (first failure on the connection: %w)", err, cause)
 		}
 		return nil, fmt.Errorf("connect %v: %w", u.Brokers, err)
 	}
