@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -300,12 +301,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err := g.startListeners(); err != nil {
 		g.stopListeners()
 		_ = stopBr()
-		return err
+		return addrInUseHint(err)
 	}
 	if err := g.startHTTP(); err != nil {
 		g.stopListeners()
 		_ = stopBr()
-		return err
+		return addrInUseHint(err)
 	}
 	g.ready.Store(true)
 	g.log.Info("gateway started", "gateway_id", g.cfg.GatewayID, "version", Version, "spool", g.cfg.Spool.Path)
@@ -367,6 +368,16 @@ func (g *Gateway) startListeners() error {
 		}
 	}
 	return nil
+}
+
+// addrInUseHint says what usually holds an MQTT port on a fresh Debian
+// machine: the mosquitto service that installing the package starts.
+func addrInUseHint(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w (another program listens there, often the Debian mosquitto service: "+
+			"stop it with 'systemctl disable --now mosquitto' or change the address in the configuration)", err)
+	}
+	return err
 }
 
 func (g *Gateway) stopListeners() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -514,5 +515,27 @@ bridge: {upstream: [%s]}
 	}
 	if err := r.g.Reload(path); err == nil {
 		t.Fatal("reload of a broken file succeeded")
+	}
+}
+
+// TestBusyPortSaysWhy: a listener address already in use fails Run with an
+// error that names the listener and the usual culprit.
+func TestBusyPortSaysWhy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := e2eConfig(t, "tcp://127.0.0.1:1", "")
+	cfg.Listeners.MQTT.Address = ln.Addr().String()
+	g, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = g.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) || !strings.Contains(err.Error(), "mosquitto service") {
+		t.Fatalf("Run on a busy port: %v", err)
 	}
 }
