@@ -655,8 +655,12 @@ func (g *Gateway) bridgeStats() BridgeStats {
 		Downstream:   s.DownstreamReceived,
 		Errors:       map[string]uint64{},
 	}
+	upstream := strings.Join(g.cfg.Bridge.Upstream, ", ")
+	if g.cfg.Bridge.IsEmbedded() {
+		upstream = "embedded " + g.cfg.Bridge.EmbeddedAddress
+	}
 	for _, p := range s.Partitions {
-		out.Links = append(out.Links, LinkStats{Partition: p.Partition, State: p.State.String(), Since: p.Since, InFlight: p.InFlight})
+		out.Links = append(out.Links, LinkStats{Partition: p.Partition, State: p.State.String(), Since: p.Since, InFlight: p.InFlight, Upstream: upstream})
 		if p.Failures > 0 {
 			out.Errors["connect_failed"] += p.Failures
 		}
