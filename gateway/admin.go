@@ -131,12 +131,21 @@ type countReply struct {
 
 func (h *httpAdmin) Requeue(ctx context.Context, ids ...uint64) (int, error) {
 	var r countReply
-	return r.N, h.do(ctx, http.MethodPost, "/api/spool/dlq/requeue", ids, &r)
+	return r.N, h.do(ctx, http.MethodPost, "/api/spool/dlq/requeue"+allIfNone(ids), ids, &r)
 }
 
 func (h *httpAdmin) PurgeDLQ(ctx context.Context, ids ...uint64) (int, error) {
 	var r countReply
-	return r.N, h.do(ctx, http.MethodPost, "/api/spool/dlq/purge", ids, &r)
+	return r.N, h.do(ctx, http.MethodPost, "/api/spool/dlq/purge"+allIfNone(ids), ids, &r)
+}
+
+// allIfNone keeps the SpoolAdmin contract (no ids: all) over HTTP, where an
+// empty list alone is refused.
+func allIfNone(ids []uint64) string {
+	if len(ids) == 0 {
+		return "?all=1"
+	}
+	return ""
 }
 
 func (h *httpAdmin) Replay(ctx context.Context, since time.Time) (int, error) {
@@ -167,6 +176,9 @@ func spoolAPI(s *spool.Spool) http.Handler {
 				http.Error(w, "spool changes are served to loopback clients only", http.StatusForbidden)
 				return
 			}
+			// Compacting or replaying a big spool on a Pi outlasts the
+			// server's write timeout; the CLI waits for the answer.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 			next(w, r)
 		}
 	}
@@ -181,8 +193,11 @@ func spoolAPI(s *spool.Spool) http.Handler {
 	mux.HandleFunc("GET /api/spool/dlq", func(w http.ResponseWriter, r *http.Request) {
 		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 		max, err := strconv.Atoi(r.URL.Query().Get("max"))
-		if err != nil || max <= 0 || max > 10000 {
+		switch {
+		case err != nil || max <= 0:
 			max = 100
+		case max > 100_000:
+			max = 100_000
 		}
 		dl, err := s.DLQ(after, max)
 		if err != nil {
@@ -196,6 +211,12 @@ func spoolAPI(s *spool.Spool) http.Handler {
 			list, err := ids(r)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			// No ids means every dead letter to the spool; an empty body
+			// must not do that by accident: "all" is asked for explicitly.
+			if len(list) == 0 && r.URL.Query().Get("all") != "1" {
+				http.Error(w, "body: give a JSON array of message ids, or ?all=1 for every dead letter", http.StatusBadRequest)
 				return
 			}
 			n, err := fn(r.Context(), list...)

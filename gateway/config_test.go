@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferrymq/ferry/bridge/bridgetest"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -368,8 +369,23 @@ func TestLoadUsersFileAndCheckFiles(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Fatalf("Load error =\n%v\nwant\n%s", err, want)
 	}
+	// Files that exist but do not load are a configuration error too
+	// (ferry check must fail where ferry run would).
 	if err := os.WriteFile(filepath.Join(dir, "missing.key"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := Load(cfg); err == nil || !strings.Contains(err.Error(), "listeners.mqtt_tls.tls.cert_file: ") || !strings.Contains(err.Error(), "do not load as a certificate and key") {
+		t.Fatalf("Load with a non-PEM certificate: %v", err)
+	}
+	certs := bridgetest.NewCerts(t, t.TempDir())
+	for from, to := range map[string]string{certs.ServerCert: cert, certs.ServerKey: filepath.Join(dir, "missing.key")} {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	c, err := Load(cfg)
 	if err != nil {

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +21,16 @@ type validator struct {
 	file     string
 	pos      map[string]Position
 	problems []Problem
+}
+
+// has reports whether a problem about path was recorded already.
+func (v *validator) has(path string) bool {
+	for _, p := range v.problems {
+		if p.Path == path {
+			return true
+		}
+	}
+	return false
 }
 
 // addf records a problem about path at the position of path's key, or of
@@ -502,6 +514,25 @@ func (c *Config) CheckFiles() error {
 		}
 		_ = f.Close()
 	}
+	// Files that exist must also load: `ferry check` passing and `ferry run`
+	// failing on the same file would make a systemd ExecStartPre check
+	// worthless and the service a restart loop.
+	pair := func(path, cert, key string) {
+		if cert == "" || key == "" || v.has(path+".cert_file") || v.has(path+".key_file") {
+			return
+		}
+		if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+			v.addf(path+".cert_file", "%s and %s do not load as a certificate and key: %v", cert, key, err)
+		}
+	}
+	pool := func(path, name string) {
+		if name == "" || v.has(path) {
+			return
+		}
+		if pem, err := os.ReadFile(name); err == nil && !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			v.addf(path, "%s: no PEM certificate in it", name)
+		}
+	}
 	for _, l := range c.listeners() {
 		if l.tls == nil || l.address == "" {
 			continue
@@ -509,11 +540,15 @@ func (c *Config) CheckFiles() error {
 		check(l.path+".tls.cert_file", l.tls.CertFile)
 		check(l.path+".tls.key_file", l.tls.KeyFile)
 		check(l.path+".tls.client_ca_file", l.tls.ClientCAFile)
+		pair(l.path+".tls", l.tls.CertFile, l.tls.KeyFile)
+		pool(l.path+".tls.client_ca_file", l.tls.ClientCAFile)
 	}
 	if !c.Bridge.IsEmbedded() {
 		check("bridge.tls.ca_file", c.Bridge.TLS.CAFile)
 		check("bridge.tls.cert_file", c.Bridge.TLS.CertFile)
 		check("bridge.tls.key_file", c.Bridge.TLS.KeyFile)
+		pair("bridge.tls", c.Bridge.TLS.CertFile, c.Bridge.TLS.KeyFile)
+		pool("bridge.tls.ca_file", c.Bridge.TLS.CAFile)
 	}
 	return v.err()
 }

@@ -301,12 +301,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if err := g.startListeners(); err != nil {
 		g.stopListeners()
 		_ = stopBr()
-		return addrInUseHint(err)
+		return err
 	}
 	if err := g.startHTTP(); err != nil {
 		g.stopListeners()
 		_ = stopBr()
-		return addrInUseHint(err)
+		return err
 	}
 	g.ready.Store(true)
 	g.log.Info("gateway started", "gateway_id", g.cfg.GatewayID, "version", Version, "spool", g.cfg.Spool.Path)
@@ -335,7 +335,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 func (g *Gateway) startListeners() error {
 	if g.mq != nil {
 		if err := g.mq.Start(); err != nil {
-			return err
+			return addrInUseHint(err)
 		}
 	}
 	if g.st != nil {
@@ -371,7 +371,8 @@ func (g *Gateway) startListeners() error {
 }
 
 // addrInUseHint says what usually holds an MQTT port on a fresh Debian
-// machine: the mosquitto service that installing the package starts.
+// machine: the mosquitto service that installing the package starts. Only
+// for the MQTT listeners: mosquitto does not take the others.
 func addrInUseHint(err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return fmt.Errorf("%w (another program listens there, often the Debian mosquitto service: "+
@@ -462,12 +463,17 @@ func (g *Gateway) Reload(path string) error {
 	if err != nil {
 		return err
 	}
+	// gateway_id needs a restart (client id, downstream filters); until
+	// then routes keep resolving {gateway_id} to the running one.
+	newID := cfg.GatewayID
+	cfg.GatewayID = g.cfg.GatewayID
 	if err := g.auth.Reload(cfg); err != nil {
 		return err
 	}
 	if err := g.router.Reload(cfg); err != nil {
 		return err
 	}
+	cfg.GatewayID = newID
 	if keys := RestartRequired(g.cfg, cfg); len(keys) > 0 {
 		g.log.Warn("configuration reloaded; these keys changed and need a restart", "keys", strings.Join(keys, ","))
 	} else {
@@ -529,6 +535,10 @@ func (k *spoolSink) Submit(ctx context.Context, m *message.Message) func() error
 			return fmt.Errorf("%w: %w", message.ErrExpired, err)
 		case errors.Is(err, spool.ErrClosed):
 			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
+		case errors.Is(err, context.DeadlineExceeded) && k.g.sp.Stats().Full:
+			// The wait for room (overflow: block) outlasted the ingress
+			// accept timeout: the device is told "full", not "timeout".
+			return fmt.Errorf("%w: no room within the accept timeout: %w", message.ErrFull, err)
 		}
 		return err
 	}

@@ -57,10 +57,13 @@ type Spool struct {
 	salvage *SalvageReport
 
 	// Owned by the writer goroutine.
-	lastCommit time.Duration
-	nextID     uint64
-	dirty      bool // Interval durability: committed but not yet fsync'd
-	lastSync   time.Time
+	parked      []*op // Block policy: Puts waiting for room, in arrival order
+	parkedFreed bool  // a commit freed space since the parked Puts were last tried
+	unparking   bool  // the batch being committed is the parked Puts
+	lastCommit  time.Duration
+	nextID      uint64
+	dirty       bool // Interval durability: committed but not yet fsync'd
+	lastSync    time.Time
 
 	mu         sync.Mutex // guards the fields below
 	cur        counts     // committed totals
@@ -486,44 +489,25 @@ func (s *Spool) Put(ctx context.Context, e Entry) (PutResult, error) {
 // flight (a pipelining STOMP connection): it queues e for the writer and
 // returns; wait blocks until e is committed and returns what Put would.
 // Entries queued one after another by one goroutine are stored in that
-// order, so their ids (and lease order) follow the calls. wait must be
-// called once. Under the Block policy a full spool makes wait retry, which
-// can let a later entry of the same producer overtake this one.
+// order, so their ids (and lease order) follow the calls, also when the
+// Block policy makes them wait for room. wait must be called once.
 func (s *Spool) PutAsync(ctx context.Context, e Entry) (wait func() (PutResult, error)) {
 	if err := s.validate(&e); err != nil {
 		return func() (PutResult, error) { return PutResult{}, err }
 	}
-	s.mu.Lock()
-	space := s.space
-	s.mu.Unlock()
 	o := &op{kind: opPut, e: e}
 	err := s.enqueue(ctx, o)
 	return func() (PutResult, error) {
-		var deadline <-chan time.Time
-		for {
-			if err == nil {
-				err = s.await(ctx, o)
-			}
-			if !errors.Is(err, ErrFull) || s.opts.Overflow != Block {
-				return o.res, err
-			}
-			if deadline == nil {
-				t := time.NewTimer(s.opts.BlockTimeout)
-				defer t.Stop()
-				deadline = t.C
-			}
-			select {
-			case <-space:
-			case <-deadline:
-				return PutResult{}, fmt.Errorf("%w (waited %s for space)", ErrFull, s.opts.BlockTimeout)
-			case <-ctx.Done():
-				return PutResult{}, ctx.Err()
-			}
-			s.mu.Lock()
-			space = s.space
-			s.mu.Unlock()
-			o = &op{kind: opPut, e: e}
-			err = s.enqueue(ctx, o)
+		if err != nil {
+			return PutResult{}, err
+		}
+		select {
+		case <-o.done:
+			return o.res, o.err
+		case <-ctx.Done():
+			// The writer still owns o (it may be parked and stored later);
+			// the caller treats the message as not stored and re-sends.
+			return PutResult{}, ctx.Err()
 		}
 	}
 }

@@ -248,7 +248,7 @@ func (b *boltFile) walkTree(want map[string]bool, keepGoing bool, visit func(buc
 	for _, s := range subs {
 		if want != nil && !want[s.name] {
 			// Still check its structure: bbolt walks every page at Open.
-			if err := b.walkBucket(s.root, s.inline, seen, func([]byte, []byte, bool) error { return nil }); err != nil {
+			if err := b.walkBucket(s.root, s.inline, seen, noNesting); err != nil {
 				if !keepGoing {
 					return damaged, fmt.Errorf("bucket %q: %w", s.name, err)
 				}
@@ -257,9 +257,10 @@ func (b *boltFile) walkTree(want map[string]bool, keepGoing bool, visit func(buc
 			continue
 		}
 		err := b.walkBucket(s.root, s.inline, seen, func(k, v []byte, bucket bool) error {
-			if !bucket {
-				visit(s.name, k, v)
+			if err := noNesting(k, v, bucket); err != nil {
+				return err
 			}
+			visit(s.name, k, v)
 			return nil
 		})
 		if err != nil {
@@ -270,6 +271,16 @@ func (b *boltFile) walkTree(want map[string]bool, keepGoing bool, visit func(buc
 		}
 	}
 	return damaged, nil
+}
+
+// noNesting refuses a bucket inside a bucket: Ferry never nests them, so
+// one is damage (a flipped flag), and bbolt would follow its header to a
+// random page and crash.
+func noNesting(k, _ []byte, bucket bool) error {
+	if bucket {
+		return fmt.Errorf("%w: nested bucket %x where Ferry keeps none", errStructure, k)
+	}
+	return nil
 }
 
 // checkTree reports structural damage that would make bbolt panic or fault

@@ -36,12 +36,14 @@ type op struct {
 	since  int64  // replay
 	after  uint64 // replay continuation
 
-	res  PutResult
-	n    int
-	more bool
-	err  error
-	skip bool // excluded from a retried transaction (already answered)
-	done chan struct{}
+	res      PutResult
+	n        int
+	more     bool
+	err      error
+	skip     bool      // excluded from a retried transaction (already answered)
+	park     bool      // Block policy: no room yet, wait in s.parked (not answered)
+	deadline time.Time // parked: answered ErrFull at this time
+	done     chan struct{}
 
 	before, afterSize int64 // compact
 }
@@ -62,6 +64,7 @@ func (s *Spool) run() {
 		case o, ok := <-s.ops:
 			if !ok {
 				s.syncIfDirty(true)
+				s.answerParked(len(s.parked), ErrClosed)
 				return
 			}
 			batch = s.drain(append(batch, o))
@@ -85,10 +88,58 @@ func (s *Spool) run() {
 		case <-tick.C:
 			s.housekeep()
 			s.syncIfDirty(false)
+			s.expireParked()
+			s.unpark()
 			continue
 		}
 		s.commitBatch(batch)
+		s.unpark()
 	}
+}
+
+// Parking (the Block policy). A Put that does not fit is not answered: it
+// waits in s.parked, and so does every Put after it while any waits, so
+// that waiting never lets a later message overtake an earlier one (G3: a
+// pipelining producer's messages are stored in the order it sent them).
+// After a commit that freed space the parked Puts are retried in order;
+// the first that still does not fit stops the rest. A parked Put is
+// answered ErrFull when it has waited BlockTimeout.
+
+// unpark retries the parked Puts after space was freed.
+func (s *Spool) unpark() {
+	if len(s.parked) == 0 || !s.parkedFreed {
+		return
+	}
+	s.parkedFreed = false
+	batch := s.parked
+	s.parked = nil
+	s.unparking = true
+	s.commit(batch)
+	s.unparking = false
+}
+
+// expireParked answers the Puts that waited BlockTimeout. Deadlines grow
+// along the queue, so only its head needs looking at.
+func (s *Spool) expireParked() {
+	now := time.Now()
+	n := 0
+	for n < len(s.parked) && !now.Before(s.parked[n].deadline) {
+		n++
+	}
+	if n > 0 {
+		s.mu.Lock()
+		s.ctr.rejected += uint64(n)
+		s.mu.Unlock()
+		s.answerParked(n, fmt.Errorf("%w (waited %s for space)", ErrFull, s.opts.BlockTimeout))
+	}
+}
+
+func (s *Spool) answerParked(n int, err error) {
+	for _, o := range s.parked[:n] {
+		o.err = err
+		close(o.done)
+	}
+	s.parked = append(s.parked[:0], s.parked[n:]...)
 }
 
 func (s *Spool) drain(batch []*op) []*op {
@@ -159,6 +210,44 @@ type txn struct {
 	freed     bool        // space was freed
 	full      bool
 	evictFrom [Lanes]uint64
+	parking   bool // a Put of this transaction was parked: later ones park too
+	reserved  []*reservation
+}
+
+// reservation marks a message this transaction is about to delete (drop
+// policy, dead letter) as taken, so that no Lease hands it out between the
+// decision and the commit.
+type reservation struct {
+	id uint64
+	l  *lease
+}
+
+// reserve takes id for this transaction unless it is leased.
+func (t *txn) reserve(id uint64, lane uint8) bool {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	if _, leased := t.s.leases[id]; leased {
+		return false
+	}
+	l := &lease{lane: lane, expiring: true}
+	t.s.leases[id] = l
+	t.reserved = append(t.reserved, &reservation{id, l})
+	return true
+}
+
+// release gives back reservations that were not used (a plan that did not
+// make enough room, a failed commit).
+func (s *Spool) release(rs []*reservation) {
+	if len(rs) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, r := range rs {
+		if s.leases[r.id] == r.l {
+			delete(s.leases, r.id)
+		}
+	}
+	s.mu.Unlock()
 }
 
 func (s *Spool) commit(batch []*op) {
@@ -206,15 +295,21 @@ func (s *Spool) commit(batch []*op) {
 	s.db.NoSync = noSync
 	start := time.Now()
 	t, err := s.runTxn(base, batch, internal)
+	if err != nil && t != nil {
+		s.release(t.reserved) // rolled back: nothing reserved was deleted
+	}
 	if errors.Is(err, berrors.ErrMaxSizeReached) {
 		// The file hit bbolt's ceiling: refuse this batch's new messages and
 		// commit the rest (acks free space).
 		for _, o := range batch {
 			if o.kind == opPut || o.kind == opReplay || o.kind == opRequeue {
-				o.skip, o.err = true, fmt.Errorf("%w: file reached its size limit", ErrFull)
+				o.skip, o.err, o.res, o.park = true, fmt.Errorf("%w: file reached its size limit", ErrFull), PutResult{}, false
 			}
 		}
 		t, err = s.runTxn(base, batch, internal)
+		if err != nil && t != nil {
+			s.release(t.reserved)
+		}
 	}
 	elapsed := time.Since(start)
 	s.lastCommit = elapsed
@@ -284,7 +379,18 @@ func (s *Spool) commit(batch []*op) {
 		s.space = make(chan struct{})
 	}
 	s.mu.Unlock()
+	if t.freed && (len(s.parked) > 0 || s.unparking) {
+		s.parkedFreed = true
+	}
+	now := time.Now()
 	for _, o := range batch {
+		if o.park {
+			if o.deadline.IsZero() {
+				o.deadline = now.Add(s.opts.BlockTimeout)
+			}
+			s.parked = append(s.parked, o)
+			continue
+		}
 		close(o.done)
 	}
 }
@@ -310,7 +416,8 @@ func (s *Spool) runTxn(base counts, batch []*op, internal func(*txn) error) (t *
 		}
 	}()
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		t = &txn{s: s, tx: tx, c: base, nextID: s.nextID, now: s.now().UnixNano()}
+		t = &txn{s: s, tx: tx, c: base, nextID: s.nextID, now: s.now().UnixNano(),
+			parking: len(s.parked) > 0 && !s.unparking}
 		if err := internal(t); err != nil {
 			return err
 		}
@@ -318,7 +425,7 @@ func (s *Spool) runTxn(base counts, batch []*op, internal func(*txn) error) (t *
 			if o.skip {
 				continue
 			}
-			o.err, o.n, o.more, o.res = nil, 0, false, PutResult{}
+			o.err, o.n, o.more, o.res, o.park = nil, 0, false, PutResult{}, false
 			if err := t.apply(o); err != nil {
 				return err
 			}
@@ -367,7 +474,15 @@ func (t *txn) put(o *op) error {
 	}
 	r := record{kind: kindQueued, priority: e.Priority, enqueued: t.now, expires: nano(e.ExpiresAt), data: e.Data}
 	need := int64(r.size() + 8)
+	if s.opts.Overflow == Block && t.parking {
+		o.park = true
+		return nil
+	}
 	if ok, err := t.makeRoom(need, e.Priority); err != nil || !ok {
+		if err == nil && s.opts.Overflow == Block && (s.opts.MaxBytes <= 0 || need <= s.opts.MaxBytes) {
+			o.park, t.parking, t.full = true, true, true
+			return nil
+		}
 		if err == nil {
 			o.err = ErrFull
 			t.ctr.rejected++
@@ -423,10 +538,12 @@ func (t *txn) forgetOldestDedupe() error {
 }
 
 // over reports whether adding need bytes (and one message) breaks a cap.
-func (t *txn) over(need int64) bool {
+func (t *txn) over(need int64) bool { return t.overWith(&t.c, need) }
+
+func (t *txn) overWith(c *counts, need int64) bool {
 	o := &t.s.opts
-	return (o.MaxBytes > 0 && t.c.stored()+need > o.MaxBytes) ||
-		(o.MaxMessages > 0 && t.c.messages()+1 > o.MaxMessages)
+	return (o.MaxBytes > 0 && c.stored()+need > o.MaxBytes) ||
+		(o.MaxMessages > 0 && c.messages()+1 > o.MaxMessages)
 }
 
 // makeRoom applies the overflow policy until need fits. Retained delivered
@@ -450,12 +567,31 @@ func (t *txn) makeRoom(need int64, prio uint8) (bool, error) {
 	default:
 		return !t.over(need), nil
 	}
-	for t.over(need) {
+	// Plan first, delete only if the plan makes enough room: a Put that is
+	// refused in the end must not have dropped anything.
+	proj := t.c
+	from := t.evictFrom
+	mark := len(t.reserved)
+	type victim struct {
+		lane uint8
+		id   uint64
+	}
+	var plan []victim
+	for t.overWith(&proj, need) {
 		lane, id, ok := t.victim(reason, prio)
 		if !ok {
+			t.s.release(t.reserved[mark:])
+			t.reserved = t.reserved[:mark]
+			t.evictFrom = from
 			return false, nil
 		}
-		if _, err := t.removeQueued(lane, id); err != nil {
+		size := int64(len(t.tx.Bucket(bktLanes[lane]).Get(u64(id))) + 8)
+		proj.lanes[lane][0]--
+		proj.lanes[lane][1] -= size
+		plan = append(plan, victim{lane, id})
+	}
+	for _, v := range plan {
+		if _, err := t.removeQueued(v.lane, v.id); err != nil {
 			return false, err
 		}
 		t.ctr.dropped[reason]++
@@ -476,12 +612,13 @@ func (t *txn) victim(reason int, prio uint8) (uint8, uint64, bool) {
 		}
 		return 0, false
 	}
+	take := func(lane uint8, id uint64) bool { return t.reserve(id, lane) }
 	if reason == DropReasonLowestPriority {
 		for lane := Lanes - 1; lane >= int(prio); lane-- {
 			if t.c.lanes[lane][0] == 0 {
 				continue
 			}
-			if id, ok := head(uint8(lane)); ok {
+			if id, ok := head(uint8(lane)); ok && take(uint8(lane), id) {
 				t.evictFrom[lane] = id + 1
 				return uint8(lane), id, true
 			}
@@ -498,7 +635,7 @@ func (t *txn) victim(reason int, prio uint8) (uint8, uint64, bool) {
 			best, bestLane = id, lane
 		}
 	}
-	if bestLane < 0 {
+	if bestLane < 0 || !take(uint8(bestLane), best) {
 		return 0, 0, false
 	}
 	t.evictFrom[bestLane] = best + 1
@@ -602,6 +739,16 @@ func (t *txn) ack(ids []uint64) error {
 
 func (t *txn) nack(ids []uint64) error {
 	for _, id := range ids {
+		// Only a live lease can be nacked. A Nack from a holder whose lease
+		// expired (the message went back, maybe to another holder) must not
+		// cancel the current lease nor count the failure twice.
+		t.s.mu.Lock()
+		l, live := t.s.leases[id]
+		live = live && !l.expiring
+		t.s.mu.Unlock()
+		if !live {
+			continue
+		}
 		lane, ok := t.laneOf(id)
 		t.unlease = append(t.unlease, id)
 		if !ok {
@@ -664,6 +811,9 @@ func (t *txn) deadLetter(o *op) error {
 		o.err = fmt.Errorf("%w: message %d", ErrNotFound, id)
 		return nil
 	}
+	// Not leased (an operator's request): take it so that no Lease hands it
+	// out before the commit. Leased: the holder is the one dead-lettering.
+	t.reserve(id, lane)
 	r, err := t.removeQueued(lane, id)
 	if err != nil {
 		return err

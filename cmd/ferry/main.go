@@ -235,6 +235,12 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
+	switch sub {
+	case "stats", "dlq ls", "dlq requeue", "dlq purge", "replay", "compact":
+	default:
+		fmt.Fprintf(stderr, "ferry spool: unknown command %q\n\n%s", sub, usage)
+		return exitUsage
+	}
 	cfg, code := load(*path, stderr)
 	if cfg == nil {
 		return code
