@@ -12,7 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// R1: a drop policy deletes messages and then rejects the Put anyway.
+// A drop policy must not delete messages for a Put it then refuses.
 func TestDropOldestNeverDropsForARefusedPut(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{MaxBytes: 2000, Overflow: DropOldest})
@@ -57,7 +57,7 @@ type fakeClock struct {
 func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-// R3: Nack after the lease already expired counts twice.
+// A Nack after the lease already expired must not count the failure twice.
 func TestNackAfterLeaseExpiryCountsOnce(t *testing.T) {
 	ctx := context.Background()
 	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
@@ -79,7 +79,7 @@ func TestNackAfterLeaseExpiryCountsOnce(t *testing.T) {
 	}
 }
 
-// R4: DropOldest evicts a message that a concurrent Lease hands out.
+// DropOldest must never evict a message that a concurrent Lease hands out.
 func TestDropPolicyNeverEvictsWhatLeaseHandsOut(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
@@ -134,7 +134,7 @@ func TestDropPolicyNeverEvictsWhatLeaseHandsOut(t *testing.T) {
 	}
 }
 
-// R5: a Put blocked on a full spool under Block is not woken by Close.
+// A Put blocked on a full spool under Block is answered ErrClosed by Close.
 func TestBlockedPutAnsweredByClose(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{MaxMessages: 1, Overflow: Block, BlockTimeout: 3 * time.Second})
