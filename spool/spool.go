@@ -73,7 +73,6 @@ type Spool struct {
 	pendExpire []uint64          // expired messages found by Lease
 	pendDead   map[uint64]string
 	avail      chan struct{} // closed and replaced when messages become leasable
-	space      chan struct{} // closed and replaced when space is freed
 	full       bool
 	ctr        counters
 	shareTotal float64 // leases made while a lower lane also had messages
@@ -117,7 +116,6 @@ func Open(path string, opts Options) (*Spool, error) {
 		pendDead: make(map[uint64]string),
 		pendBump: make(map[uint64]uint32),
 		avail:    make(chan struct{}),
-		space:    make(chan struct{}),
 	}
 	if err := s.open(); err != nil {
 		return nil, err

@@ -374,10 +374,6 @@ func (s *Spool) commit(batch []*op) {
 		close(s.avail)
 		s.avail = make(chan struct{})
 	}
-	if t.freed {
-		close(s.space)
-		s.space = make(chan struct{})
-	}
 	s.mu.Unlock()
 	if t.freed && (len(s.parked) > 0 || s.unparking) {
 		s.parkedFreed = true

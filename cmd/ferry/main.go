@@ -309,9 +309,6 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, err)
 		}
 		p.done(fmt.Sprintf("%s: %s -> %s", adm.Where(), human(before), human(after)))
-	default:
-		fmt.Fprintf(stderr, "ferry spool: unknown command %q\n\n%s", sub, usage)
-		return exitUsage
 	}
 	return exitOK
 }
