@@ -93,7 +93,10 @@ func testIngress(t *testing.T, proto Protocol) {
 		Devices: devices, Mix: []Protocol{proto}, MQTTAddr: srv.Addr("tcp"), RunID: run, Duration: 30 * time.Second, Drain: 10 * time.Second,
 		Logger: testLogger(t),
 		Template: DeviceConfig{QoS: 1, Rate: 300, Burst: 5, Count: count, Window: window,
-			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 3 * time.Second},
+			// The ack timeout is generous: this test is about refusals; on a
+			// loaded machine a 3s timeout also made devices reconnect while
+			// their old connection still had publishes being stored.
+			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 15 * time.Second},
 	})
 	if err != nil {
 		t.Fatal(err)
