@@ -241,9 +241,8 @@ func dialBench(addr, clientID string) (*rawPublisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, byte(len(clientID) >> 8), byte(len(clientID))}
-	vh = append(vh, clientID...)
-	pkt := append([]byte{0x10}, remLen(len(vh))...)
+	vh := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60}, mqttString(clientID)...)
+	pkt := append([]byte{0x10}, varint(len(vh))...)
 	if _, err := c.Write(append(pkt, vh...)); err != nil {
 		return nil, err
 	}
@@ -263,9 +262,8 @@ func (p *rawPublisher) publish(topic string, payload []byte) error {
 	}
 	n := 2 + len(topic) + 2 + len(payload)
 	b := append(p.buf[:0], 0x32)
-	b = append(b, remLen(n)...)
-	b = append(b, byte(len(topic)>>8), byte(len(topic)))
-	b = append(b, topic...)
+	b = append(b, varint(n)...)
+	b = append(b, mqttString(topic)...)
 	b = append(b, byte(p.id>>8), byte(p.id))
 	b = append(b, payload...)
 	p.buf = b
@@ -283,18 +281,3 @@ func (p *rawPublisher) publish(topic string, payload []byte) error {
 }
 
 func (p *rawPublisher) close() { _ = p.c.Close() }
-
-func remLen(n int) []byte {
-	var out []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			return out
-		}
-	}
-}
