@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -84,6 +85,10 @@ type Options struct {
 	// are never starved forever. Default 0.1; <0: strict priority.
 	LowerLaneShare float64
 
+	// StateMaxBytes caps each kind of local state (keys, values and 12
+	// bytes of record header); 0: no cap. It is not part of MaxBytes.
+	StateMaxBytes [StateKinds]int64
+
 	Expired         ExpiryAction  // default ExpireDrop
 	RetainDelivered time.Duration // keep acked messages this long for Replay; 0: off
 
@@ -112,7 +117,23 @@ type Entry struct {
 	Priority  uint8     // 0 (highest) … 9
 	ExpiresAt time.Time // zero: never
 	DedupeKey string    // empty: no de-duplication; at most 1024 bytes
-	Data      []byte    // the encoded message; 1 … MaxMessageBytes bytes
+	// DedupeRecordOnly: store e whatever its key, and remember the key
+	// (pointing at e from now on) for a later Put that checks it. For a
+	// first send whose key the sender reuses once it is acknowledged (an
+	// MQTT packet id): the key names the latest send, never an old one.
+	DedupeRecordOnly bool
+	Data             []byte // the encoded message; 1 … MaxMessageBytes bytes
+	// State is local broker state changed in the same transaction as the
+	// message (a retained publish), so that the message's acknowledgement
+	// also means its state is durable. A Put whose State would exceed
+	// StateMaxBytes is refused with ErrStateFull (BestEffort ops are
+	// skipped instead); a duplicate changes no state.
+	State []StateOp
+}
+
+// isTooBig reports whether e can never fit under maxBytes.
+func (e *Entry) isTooBig(maxBytes int64) bool {
+	return maxBytes > 0 && int64(recMinV2+len(e.Data)+8) > maxBytes
 }
 
 // PutResult tells what Put did.
@@ -157,8 +178,14 @@ type Stats struct {
 	Retained      int64 // delivered messages kept for replay
 	RetainedBytes int64
 	DedupeEntries int64
-	Full          bool  // the last Put hit a cap
-	FileSize      int64 // bytes on disk
+	Full          bool   // the last Put hit a cap (or the disk was full)
+	DiskFull      bool   // a write found the file system full; new messages are refused (or wait, under Block) until one is stored again
+	FileSize      int64  // size of the file on disk (as ls shows it; Compact's before/after)
+	Failure       string // why the spool stopped working (see Spool.Err); "" while it works
+
+	// Salvage is the report of the salvage that made this file (by this
+	// process or an earlier one); nil if it never was salvaged.
+	Salvage *SalvageReport
 
 	// Counters since Open.
 	Accepted     uint64
@@ -172,6 +199,18 @@ type Stats struct {
 	CommitOps    uint64        // operations in them (CommitOps/Commits = mean batch)
 	CommitTime   time.Duration // total time in Update incl. fsync
 	Syncs        uint64        // fsyncs issued (bbolt does two per synced commit)
+	// CommitDurations counts commits by duration (fsync included):
+	// CommitDurations[i] those up to CommitBuckets[i], the last one the
+	// rest. Not cumulative.
+	CommitDurations [len(CommitBuckets) + 1]uint64
+}
+
+// CommitBuckets are the upper bounds of Stats.CommitDurations: from a fast
+// SSD's fsync to a struggling SD card's.
+var CommitBuckets = [...]time.Duration{
+	500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
 }
 
 // Oldest returns the EnqueuedAt of the oldest queued message, zero if none.
@@ -185,18 +224,35 @@ func (s *Stats) Oldest() time.Time {
 	return o
 }
 
-// SalvageReport tells what Open recovered from a damaged file.
+// SalvageReport tells what Open recovered from a damaged file. The report
+// of the salvage that made a file is kept in it: Stats.Salvage shows it to
+// every later reader (ferry spool stats, metrics) until the next salvage.
 type SalvageReport struct {
-	Damaged   string // where the damaged file was moved
-	Cause     error  // what was wrong
-	Kept      int    // messages (queue and DLQ) copied into the fresh file
-	Lost      int    // records seen but unreadable; -1 when unknown
-	RawScan   bool   // the tree was unusable: records were found by scanning pages, and some may be messages that were already delivered
-	Completed time.Time
+	Damaged string `json:"damaged"` // where the damaged file was moved
+	Cause   string `json:"cause"`   // what was wrong, and where
+	Kept    int    `json:"kept"`    // messages (queue and DLQ) copied into the fresh file
+	// Lost is how many messages were lost: exact, or with LostUnknown the
+	// least number lost (records seen but unreadable, and what the counts
+	// promised and no copy of was found).
+	Lost        int  `json:"lost"`
+	LostUnknown bool `json:"lost_unknown"`
+	RawScan     bool `json:"raw_scan"`
+	// StateKept is the local state records (state.go) copied; the raw
+	// page scan does not look for state.
+	StateKept int       `json:"state_kept"` // records were also found by scanning pages: some may be messages that were already delivered
+	Completed time.Time `json:"completed"`
+}
+
+// LostText is Lost for people: "3", or "unknown, at least 3".
+func (r *SalvageReport) LostText() string {
+	if r.LostUnknown {
+		return fmt.Sprintf("unknown, at least %d", r.Lost)
+	}
+	return fmt.Sprint(r.Lost)
 }
 
 func (r *SalvageReport) String() string {
-	return fmt.Sprintf("salvaged spool: kept %d messages, lost %d, damaged file moved to %s (cause: %v)", r.Kept, r.Lost, r.Damaged, r.Cause)
+	return fmt.Sprintf("salvaged spool: kept %d messages, lost %s, damaged file moved to %s (cause: %s)", r.Kept, r.LostText(), r.Damaged, r.Cause)
 }
 
 // Errors. Callers compare with errors.Is.
@@ -219,13 +275,30 @@ var (
 	ErrVersion = errors.New("spool: unsupported format version")
 )
 
-// CorruptionError reports damage found in a spool file.
+// CorruptionError reports damage found in a spool file, and where: the
+// bucket, key and page when known.
 type CorruptionError struct {
-	Path string
-	Err  error
+	Path   string
+	Bucket string // "" when unknown; "(root)" for the top level
+	Key    []byte // nil when unknown
+	Page   uint64 // 0 when unknown
+	Err    error
 }
 
 func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("spool: %s is damaged: %v", e.Path, e.Err)
+	var where []string
+	if e.Bucket != "" {
+		where = append(where, fmt.Sprintf("bucket %q", e.Bucket))
+	}
+	if e.Key != nil {
+		where = append(where, fmt.Sprintf("key %x", e.Key))
+	}
+	if e.Page != 0 {
+		where = append(where, fmt.Sprintf("page %d", e.Page))
+	}
+	if len(where) == 0 {
+		return fmt.Sprintf("spool: %s is damaged: %v", e.Path, e.Err)
+	}
+	return fmt.Sprintf("spool: %s is damaged (%s): %v", e.Path, strings.Join(where, ", "), e.Err)
 }
 func (e *CorruptionError) Unwrap() error { return e.Err }

@@ -10,17 +10,18 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ferrymq/ferry/internal/testkit"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -202,7 +203,7 @@ func boltReadable(b []byte) (map[int]bool, boltMeta, bool) {
 
 // A damaged file can crash the process (bbolt reads its memory map: a page
 // past the end of the file is a SIGBUS, which Go cannot recover), so each
-// damaged file is opened by a child process: TestCorruptionChild.
+// damaged file is opened by a child process: runCorruptionChild.
 
 const corruptEnvPath = "FERRY_SPOOL_CORRUPT_PATH"
 
@@ -222,19 +223,26 @@ type corruptResult struct {
 	FinishedOpen bool
 }
 
-// TestCorruptionChild opens the file named by the environment for
-// TestCorruption and prints a JSON corruptResult; it does nothing otherwise.
-func TestCorruptionChild(t *testing.T) {
-	path := os.Getenv(corruptEnvPath)
-	if path == "" {
-		return // not started by TestCorruption
+// runCorruptionChild is the child process of TestCorruption (TestMain runs
+// it when corruptEnvPath is set): it opens the file named by the
+// environment, prints what it found as one JSON corruptResult line and
+// exits with status 0. It never returns.
+func runCorruptionChild() {
+	r := openDamaged(os.Getenv(corruptEnvPath))
+	if err := json.NewEncoder(os.Stdout).Encode(&r); err != nil {
+		fmt.Fprintf(os.Stderr, "encode: %v\n", err)
+		os.Exit(2)
 	}
-	var r corruptResult
+	os.Exit(0)
+}
+
+// openDamaged opens path and looks at what it holds; a panic is a result
+// too (the child must not crash, but it must say so).
+func openDamaged(path string) (r corruptResult) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.OpenErr = fmt.Sprintf("panic: %v", p)
 		}
-		json.NewEncoder(os.Stdout).Encode(&r)
 	}()
 	s, err := spool.Open(path, spool.Options{Verify: spool.VerifyAlways, LowerLaneShare: -1, LeaseTimeout: time.Hour})
 	r.FinishedOpen = true
@@ -242,13 +250,11 @@ func TestCorruptionChild(t *testing.T) {
 		r.OpenErr = err.Error()
 		var ce *spool.CorruptionError
 		r.Corruption = errors.As(err, &ce)
-		return
+		return r
 	}
 	if rep := s.Salvaged(); rep != nil {
 		r.Salvaged, r.Damaged, r.Kept, r.Lost, r.RawScan = true, rep.Damaged, rep.Kept, rep.Lost, rep.RawScan
-		if rep.Cause != nil {
-			r.Cause = rep.Cause.Error()
-		}
+		r.Cause = rep.Cause
 	}
 	r.Found, r.Garbled, r.Dead, err = contents(s)
 	if err == nil {
@@ -260,25 +266,24 @@ func TestCorruptionChild(t *testing.T) {
 	if err := s.Close(); err != nil {
 		r.CloseErr = err.Error()
 	}
+	return r
 }
 
 // openInChild opens path in a child process and returns what it found.
 func openInChild(t *testing.T, path string) corruptResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCorruptionChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), corruptEnvPath+"="+path)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	c := testkit.StartChild(t, corruptEnvPath+"="+path)
+	err := c.Wait() // a hang guard: the child is killed if it never finishes
 	var r corruptResult
-	line := stdout.Bytes()
-	if i := bytes.IndexByte(line, '{'); i >= 0 {
-		line = line[i:]
+	jerr := errors.New("no result line")
+	for _, line := range c.Lines() {
+		if strings.HasPrefix(line, "{") {
+			jerr = json.Unmarshal([]byte(line), &r)
+			break
+		}
 	}
-	if jerr := json.Unmarshal(bytes.TrimSpace(bytes.Split(line, []byte("\n"))[0]), &r); jerr != nil || err != nil {
-		t.Fatalf("the process opening the damaged file died (%v): it must not crash; stderr:\n%s", err, crashSummary(stderr.String()))
+	if jerr != nil || err != nil {
+		t.Fatalf("the process opening the damaged file died (%v): it must not crash; stderr:\n%s", err, crashSummary(c.Stderr()))
 	}
 	return r
 }
@@ -644,18 +649,29 @@ func TestOpenLocked(t *testing.T) {
 	if _, err := s.Put(t.Context(), spool.Entry{Data: []byte("kept")}); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	s2, err := spool.Open(path, spool.Options{LockTimeout: 100 * time.Millisecond})
-	if err == nil {
-		s2.Close()
+	// The failing Open waits for the lock in a synctest bubble: its
+	// LockTimeout runs on virtual time, so how long it waited is exact and
+	// does not depend on the machine's load. (It starts no goroutine: no
+	// spool writer runs in the bubble.)
+	const lockTimeout = time.Second
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		s2, err := spool.Open(path, spool.Options{LockTimeout: lockTimeout})
+		waited := time.Since(start)
+		if err == nil {
+			s2.Close()
+			t.Fatalf("second Open of a locked spool succeeded")
+		}
+		if !errors.Is(err, spool.ErrLocked) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("second Open: %v, want ErrLocked naming %s", err, path)
+		}
+		if waited < lockTimeout || waited >= 2*lockTimeout {
+			t.Fatalf("second Open gave up after %v with LockTimeout %v", waited, lockTimeout)
+		}
+	})
+	if t.Failed() {
 		s.Close()
-		t.Fatalf("second Open of a locked spool succeeded")
-	}
-	if !errors.Is(err, spool.ErrLocked) || !strings.Contains(err.Error(), path) {
-		t.Fatalf("second Open: %v, want ErrLocked naming %s", err, path)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("second Open took %v with LockTimeout 100ms", d)
+		t.FailNow()
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/internal/testkit"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -55,15 +55,12 @@ func parseMarker(b []byte) (crashKey, bool) {
 	return k, err == nil && n == 3 && bytes.Equal(crashMarker(k.c, k.p, k.seq), b)
 }
 
-// TestCrashChild is the child process of TestCrash; it does nothing unless
-// started by it. It opens the spool, Puts from several goroutines in Sync
-// durability and prints "ack <cycle> <producer> <seq> <id>" after each Put
-// returned, until it is killed.
-func TestCrashChild(t *testing.T) {
+// runCrashChild is the child process of TestCrash (TestMain runs it when
+// crashEnvPath is set). It opens the spool, Puts from several goroutines in
+// Sync durability and prints "ack <cycle> <producer> <seq> <id>" after each
+// Put returned, until it is killed. It never returns.
+func runCrashChild() {
 	path := os.Getenv(crashEnvPath)
-	if path == "" {
-		return // not started by TestCrash
-	}
 	cycle, _ := strconv.Atoi(os.Getenv(crashEnvCycle))
 	s, err := spool.Open(path, spool.Options{Durability: spool.Sync, LowerLaneShare: -1})
 	if err != nil {
@@ -121,7 +118,8 @@ func TestCrashChild(t *testing.T) {
 			}
 		})
 	}
-	wg.Wait()
+	wg.Wait() // never: the producers only end with the process
+	os.Exit(0)
 }
 
 // TestCrash SIGKILLs a child that Puts in Sync durability (and, every other
@@ -138,6 +136,8 @@ func TestCrash(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool.db")
 	acked := map[crashKey]uint64{}
 	cons := &crashConsumed{acking: map[uint64]bool{}, acked: map[uint64]bool{}}
+	// At least minCycles whatever the machine; the time budget only decides
+	// how many extra cycles a fast machine runs (it bounds nothing).
 	const minCycles, maxCycles, budget = 20, 40, 25 * time.Second
 	start := time.Now()
 	cycle := 0
@@ -237,82 +237,64 @@ func TestCrash(t *testing.T) {
 // acknowledged. It returns how many Puts were acknowledged in this cycle.
 func crashCycle(t *testing.T, rng *rand.Rand, path string, cycle int, acked map[crashKey]uint64, cons *crashConsumed) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashEnvPath+"="+path, crashEnvCycle+"="+strconv.Itoa(cycle))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	n := 0
-	go func() {
-		r := bufio.NewReader(stdout)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil { // a torn last line (no '\n') is not an acknowledgement
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
-				done <- err
-				return
-			}
-			f := strings.Fields(line)
-			switch {
-			case len(f) == 1 && f[0] == "ready":
-				close(ready)
-			case len(f) == 2 && (f[0] == "acking" || f[0] == "acked"):
-				id, err := strconv.ParseUint(f[1], 10, 64)
-				if err != nil {
-					done <- fmt.Errorf("bad line %q: %w", line, err)
-					return
-				}
-				if f[0] == "acking" {
-					cons.acking[id] = true
-				} else {
-					cons.acked[id] = true
-				}
-			case len(f) == 5 && f[0] == "ack":
-				var k crashKey
-				var id uint64
-				if _, err := fmt.Sscanf(line, "ack %d %d %d %d\n", &k.c, &k.p, &k.seq, &id); err != nil {
-					done <- fmt.Errorf("bad line %q: %w", line, err)
-					return
-				}
-				acked[k] = id
-				n++
-			default:
-				done <- fmt.Errorf("child said %q", strings.TrimSpace(line))
-				return
-			}
-		}
-	}()
-	// Mostly kill while Puts run; one cycle in five during Open.
+	c := testkit.StartChild(t, crashEnvPath+"="+path, crashEnvCycle+"="+strconv.Itoa(cycle))
+	// Mostly kill while Puts run; one cycle in five during Open. The delays
+	// pick the moment of the kill: they are the scenario, not a bound. The
+	// waits for the child (WaitLine, Wait) are hang guards only.
 	var delay time.Duration
 	if rng.IntN(5) == 0 {
 		delay = time.Duration(rng.IntN(150)) * time.Millisecond
 	} else {
-		select {
-		case <-ready:
-		case <-time.After(20 * time.Second):
-		}
+		c.WaitLine("ready") // fails the test if the child ends first
 		delay = time.Duration(20+rng.IntN(800)) * time.Millisecond
 	}
 	time.Sleep(delay)
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	rerr := <-done
-	werr := cmd.Wait()
-	if rerr != nil {
-		t.Fatalf("cycle %d: %v; stderr:\n%s", cycle, rerr, stderr.String())
+	c.Kill()
+	werr := c.Wait()
+	n := 0
+	for _, line := range c.Lines() { // complete lines only: a torn last line is not an acknowledgement
+		put, err := crashLine(line, acked, cons)
+		if err != nil {
+			t.Fatalf("cycle %d: %v; stderr:\n%s", cycle, err, c.Stderr())
+		}
+		if put {
+			n++
+		}
 	}
 	var ee *exec.ExitError
 	if !errors.As(werr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("cycle %d: child ended on its own (%v) before the kill; stderr:\n%s", cycle, werr, stderr.String())
+		t.Fatalf("cycle %d: child ended on its own (%v) before the kill; stderr:\n%s", cycle, werr, c.Stderr())
 	}
 	return n
+}
+
+// crashLine records one line of the child: "ready", "acking <id>",
+// "acked <id>" or "ack <cycle> <producer> <seq> <id>" (true: a Put was
+// acknowledged); anything else is an error.
+func crashLine(line string, acked map[crashKey]uint64, cons *crashConsumed) (bool, error) {
+	f := strings.Fields(line)
+	switch {
+	case len(f) == 1 && f[0] == "ready":
+	case len(f) == 2 && (f[0] == "acking" || f[0] == "acked"):
+		id, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			return false, fmt.Errorf("bad line %q: %w", line, err)
+		}
+		if f[0] == "acking" {
+			cons.acking[id] = true
+		} else {
+			cons.acked[id] = true
+		}
+	case len(f) == 5 && f[0] == "ack":
+		var k crashKey
+		var id uint64
+		if _, err := fmt.Sscanf(line, "ack %d %d %d %d", &k.c, &k.p, &k.seq, &id); err != nil {
+			return false, fmt.Errorf("bad line %q: %w", line, err)
+		}
+		acked[k] = id
+		return true, nil
+	default:
+		return false, fmt.Errorf("child said %q", strings.TrimSpace(line))
+	}
+	return false, nil
 }

@@ -142,7 +142,9 @@ func (s *Spool) peek(it *laneIter, lane int, tx *bolt.Tx, now int64) (ok, kick b
 func (s *Spool) take(it *laneIter, lane int, now time.Time) Item {
 	id := idOf(it.k)
 	item := it.r.item(id)
-	s.leases[id] = &lease{lane: uint8(lane), deadline: now.Add(s.opts.LeaseTimeout), attempts: item.Attempts}
+	ls := &lease{lane: uint8(lane), deadline: now.Add(s.opts.LeaseTimeout), attempts: item.Attempts}
+	s.leases[id] = ls
+	s.leaseQ = append(s.leaseQ, leaseRef{id, ls})
 	s.cursor[lane] = id + 1
 	it.k, it.v = it.c.Next()
 	return item
@@ -151,24 +153,41 @@ func (s *Spool) take(it *laneIter, lane int, now time.Time) Item {
 // expireLeasesLocked returns leases past their deadline to the queue, like
 // a Nack: at once in memory (so this very Lease can hand them out again), and
 // their Attempts increment through the writer (pendBump). s.mu must be held.
+//
+// Leases are made with one timeout, so their deadlines grow in the order
+// of s.leaseQ: only its head is looked at, and entries of leases that ended
+// (acked, nacked) are dropped when they reach it. Cost: the leases that
+// expire or ended, not all that are out.
 func (s *Spool) expireLeasesLocked(now time.Time) bool {
 	n := 0
-	for id, l := range s.leases {
-		if !l.expiring && now.After(l.deadline) {
-			delete(s.leases, id)
-			if id < s.cursor[l.lane] {
-				s.cursor[l.lane] = id
+	for len(s.leaseQ) > 0 {
+		r := s.leaseQ[0]
+		if cur, ok := s.leases[r.id]; ok && cur == r.l {
+			if !now.After(r.l.deadline) {
+				break
 			}
-			s.pendBump[id] = max(s.pendBump[id], l.attempts+1)
+			delete(s.leases, r.id)
+			if r.id < s.cursor[r.l.lane] {
+				s.cursor[r.l.lane] = r.id
+			}
+			s.pendBump[r.id] = max(s.pendBump[r.id], r.l.attempts+1)
 			s.ctr.nacked++
 			n++
 		}
+		s.leaseQ[0] = leaseRef{}
+		s.leaseQ = s.leaseQ[1:]
 	}
 	if n > 0 {
 		close(s.avail)
 		s.avail = make(chan struct{})
 	}
 	return n > 0
+}
+
+// leaseRef is an entry of s.leaseQ: the lease given for id.
+type leaseRef struct {
+	id uint64
+	l  *lease
 }
 
 func (s *Spool) poke() {
@@ -181,6 +200,14 @@ func (s *Spool) poke() {
 // housekeep runs in the writer: lease timeouts, the TTL sweep, forgetting
 // old dedupe keys and retained messages, each in bounded batches.
 func (s *Spool) housekeep() {
+	if time.Since(s.lastDrop) >= dropResidentEvery {
+		// Pages read by leasing stay mapped (resident) until memory is
+		// short; a drained backlog would leave the whole file resident.
+		s.lastDrop = time.Now()
+		s.dbmu.RLock()
+		s.dropResident()
+		s.dbmu.RUnlock()
+	}
 	now := s.now()
 	nowN := now.UnixNano()
 	s.mu.Lock()
@@ -271,6 +298,10 @@ func (s *Spool) compact() (before, after int64, err error) {
 	}
 	err = bolt.Compact(dst, s.db, 64<<20)
 	if err == nil {
+		// The copy has transaction ids of its own.
+		err = dst.Update(func(tx *bolt.Tx) error { return stamp(tx, s.nextID, &s.cur) })
+	}
+	if err == nil {
 		err = dst.Sync()
 	}
 	if cerr := dst.Close(); err == nil {
@@ -280,6 +311,7 @@ func (s *Spool) compact() (before, after int64, err error) {
 		_ = os.Remove(tmp)
 		return before, 0, fmt.Errorf("spool: compact: %w", err)
 	}
+	s.unpin()
 	if err := s.db.Close(); err != nil {
 		return before, 0, fmt.Errorf("spool: compact: close: %w", err)
 	}
@@ -291,8 +323,10 @@ func (s *Spool) compact() (before, after int64, err error) {
 	if err != nil {
 		return before, 0, fmt.Errorf("spool: compact: reopen: %w", err)
 	}
-	db.NoSync = s.opts.Durability == Interval
 	s.db = db
+	s.dirty = false
+	_ = db.View(func(tx *bolt.Tx) error { s.dataSize, s.txid = tx.Size(), uint64(tx.ID()); return nil })
+	s.repinLocked()
 	if renameErr != nil {
 		return before, before, fmt.Errorf("spool: compact: %w", renameErr)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/internal/testkit"
 	"github.com/ferrymq/ferry/spool"
 	"github.com/ferrymq/ferry/spool/spooltest"
 )
@@ -135,7 +136,8 @@ func runModel(t *testing.T, clk *spooltest.Clock, sut spooltest.Queue, reopen fu
 	}
 	// compareStats compares the counts; the sut may settle in the
 	// background (expired messages and leases are handed to its writer), so a
-	// difference only fails if it lasts 3s.
+	// difference only fails if it outlasts a hang guard.
+	guard := testkit.Timeout(30 * time.Second)
 	compareStats := func() {
 		t.Helper()
 		diff := func() string {
@@ -157,14 +159,14 @@ func runModel(t *testing.T, clk *spooltest.Clock, sut spooltest.Queue, reopen fu
 			}
 			return ""
 		}
-		deadline := time.Now().Add(3 * time.Second)
+		deadline := time.Now().Add(guard)
 		for {
 			d := diff()
 			if d == "" {
 				return
 			}
 			if time.Now().After(deadline) {
-				fail("%s (for 3s)", d)
+				fail("%s (hang guard: still after %v, %s=%g)", d, guard, testkit.ScaleEnv, testkit.Scale())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -177,7 +179,7 @@ func runModel(t *testing.T, clk *spooltest.Clock, sut spooltest.Queue, reopen fu
 	settle := func() {
 		t.Helper()
 		want := model.Stats().Leased
-		deadline := time.Now().Add(3 * time.Second)
+		deadline := time.Now().Add(guard)
 		for sut.Stats().Leased != want && time.Now().Before(deadline) {
 			time.Sleep(2 * time.Millisecond)
 		}
@@ -190,8 +192,8 @@ func runModel(t *testing.T, clk *spooltest.Clock, sut spooltest.Queue, reopen fu
 			}
 			history = append(history, fmt.Sprintf("TryLease(all) -> %d items", len(gi)))
 			compareItems("TryLease(all) after expired leases were not returned", gi, wi)
-			fail("expired leases not returned within 3s: sut Stats.Leased %d, model %d, yet TryLease hands out the same %d messages: Stats.Leased miscounts",
-				got, want, len(gi))
+			fail("hang guard: expired leases not returned after %v: sut Stats.Leased %d, model %d, yet TryLease hands out the same %d messages: Stats.Leased miscounts",
+				guard, got, want, len(gi))
 		}
 		staleOK = false
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/ferrymq/ferry/internal/testkit"
 )
 
 // A drop policy must not delete messages for a Put it then refuses.
@@ -67,7 +69,10 @@ func TestNackAfterLeaseExpiryCountsOnce(t *testing.T) {
 	}
 	a, _ := s.TryLease(1)
 	clk.Add(2 * time.Second)
-	time.Sleep(300 * time.Millisecond) // the writer's housekeeping tick expires the lease
+	// The writer's housekeeping tick expires the lease (counted as one
+	// Nack); wait until it did, so that the Nack below really comes after
+	// the expiry however slow the machine.
+	testkit.Wait(t, "the housekeeping tick to expire the lease", func() bool { return s.Stats().Nacked == 1 })
 	if err := s.Nack(ctx, a[0].ID); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +86,9 @@ func TestNackAfterLeaseExpiryCountsOnce(t *testing.T) {
 
 // DropOldest must never evict a message that a concurrent Lease hands out.
 func TestDropPolicyNeverEvictsWhatLeaseHandsOut(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	// Only a hang guard: the Puts (DropOldest never blocks) end with it if
+	// the writer hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.Timeout(time.Minute))
 	defer cancel()
 	s := openTest(t, Options{MaxMessages: 64, Overflow: DropOldest, LowerLaneShare: -1, Durability: Interval})
 	var stop atomic.Bool
@@ -96,6 +103,8 @@ func TestDropPolicyNeverEvictsWhatLeaseHandsOut(t *testing.T) {
 		}()
 	}
 	lost := 0
+	// A stress budget, not a bound on anything: a slower machine runs fewer
+	// rounds, which can only make the test weaker, never fail it.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && lost == 0 {
 		items, err := s.TryLease(8)
@@ -137,18 +146,22 @@ func TestDropPolicyNeverEvictsWhatLeaseHandsOut(t *testing.T) {
 // A Put blocked on a full spool under Block is answered ErrClosed by Close.
 func TestBlockedPutAnsweredByClose(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, Options{MaxMessages: 1, Overflow: Block, BlockTimeout: 3 * time.Second})
+	// The block timeout must not answer the Put before Close does: an hour.
+	s := openTest(t, Options{MaxMessages: 1, Overflow: Block, BlockTimeout: time.Hour})
 	if _, err := s.Put(ctx, Entry{Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() { _, err := s.Put(ctx, Entry{Data: []byte("y")}); errc <- err }()
-	time.Sleep(100 * time.Millisecond)
-	t0 := time.Now()
+	// Stats.Full is set when the writer parks the Put for lack of room.
+	testkit.Wait(t, "the second Put to be parked", func() bool { return s.Stats().Full })
 	_ = s.Close()
-	err := <-errc
-	t.Logf("blocked Put returned %v after Close, %s later", err, time.Since(t0).Round(time.Millisecond))
-	if !errors.Is(err, ErrClosed) {
-		t.Fatalf("want ErrClosed promptly, got %v", err)
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("blocked Put answered %v after Close, want ErrClosed", err)
+		}
+	case <-testkit.After(testkit.DefaultWait):
+		t.Fatalf("hang guard: blocked Put not answered %v after Close", testkit.Timeout(testkit.DefaultWait))
 	}
 }

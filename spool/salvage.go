@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -9,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -83,12 +86,33 @@ func validMeta(p []byte) (bool, uint32) {
 
 // notSpoolOrDamaged decides between "this was never a spool" (refuse, touch
 // nothing) and "this is a spool with its header destroyed" (salvage).
+//
+// A file that holds Ferry records is a spool, whatever else is wrong with
+// it. So is a file no larger than what bbolt writes when it creates one
+// (four pages) that holds nothing but zeros or bbolt's magic: its creation
+// was cut short (a power cut during the first start).
 func notSpoolOrDamaged(path string, why error) error {
 	recs, _, err := rawScan(path)
 	if err == nil && len(recs) > 0 {
-		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w", errMetaDamaged, why)}
+		return &CorruptionError{Path: path, Bucket: "(root)", Err: fmt.Errorf("%w: %w, but it holds %d Ferry records", errMetaDamaged, why, len(recs))}
+	}
+	if b, err := os.ReadFile(path); err == nil && len(b) <= 4*4096 && interruptedCreate(b) {
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w: a new spool file whose creation was cut short", errMetaDamaged, why)}
 	}
 	return fmt.Errorf("%w: %s: %w", ErrNotSpool, path, why)
+}
+
+// interruptedCreate reports whether b looks like what bbolt's creation of
+// a file left after a crash: zeros, and maybe its magic at a meta page.
+func interruptedCreate(b []byte) bool {
+	var magicLE [4]byte
+	binary.LittleEndian.PutUint32(magicLE[:], boltMagic)
+	for _, x := range b {
+		if x != 0 {
+			return bytes.Contains(b, magicLE[:])
+		}
+	}
+	return true
 }
 
 type salvaged struct {
@@ -98,31 +122,95 @@ type salvaged struct {
 
 // salvage copies every readable message of the damaged file at path into a
 // fresh spool file, moves the damaged file aside and returns the report.
+//
+// It walks the tree of the meta page bbolt would use, keeping every intact
+// record. When that tree is not all there (a damaged page, counts that do
+// not match the records, a damaged meta page), it also walks the tree of
+// the other meta page (one commit older) and scans every page of the file
+// for intact records: nothing readable is left behind, at the price of
+// bringing back messages that were already delivered (at-least-once). The
+// report's Lost is exact when the first tree was complete, else the least
+// number lost (LostUnknown).
 func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
-	rep := &SalvageReport{Cause: cause}
+	rep := &SalvageReport{Cause: cause.Error()}
 	found := map[uint64]record{}
-	lost, walked, damaged := walkTree(path, found)
-	if !walked || damaged || errors.Is(cause, errMetaDamaged) || errors.Is(cause, errStructure) {
+	keep := func(id uint64, r record) {
+		if _, ok := found[id]; !ok && r.kind != kindDelivered {
+			found[id] = r
+		}
+	}
+	exact := !errors.Is(cause, errMetaDamaged)
+	expected := int64(-1)
+	var bad []uint64
+	nextID := uint64(1)
+	var state []stateRecord
+	if b, err := openBoltFile(path); err != nil {
+		exact = false
+	} else {
+		order := []int{b.cur}
+		if o := b.other(); o >= 0 {
+			order = append(order, o)
+		}
+		for n, i := range order {
+			b.keepState = n == 0 // the state of the newest tree only: an older one may be stale
+			c, damaged, _, err := b.walkContents(&b.metas[i], true, keep)
+			if n == 0 {
+				state = c.state
+			}
+			nextID = max(nextID, c.nextID, c.maxID+1)
+			if n > 0 {
+				continue
+			}
+			if c.hasCounts {
+				expected = c.stored.messages() + c.stored.dlq
+			}
+			bad = c.badIDs
+			complete := err == nil && len(damaged) == 0 && c.meta && c.magic && len(c.unknown) == 0 && c.plainKeys == 0 && c.mismatch(&b.metas[i]) == nil
+			if complete && exact {
+				break
+			}
+			exact = false
+		}
+		b.close()
+	}
+	if !exact {
 		recs, _, err := rawScan(path)
-		if err != nil && !walked {
+		if err != nil && len(found) == 0 {
 			return nil, err
 		}
 		for _, x := range recs {
-			if _, ok := found[x.id]; !ok {
-				found[x.id] = x.r
-			}
+			keep(x.id, x.r)
+			nextID = max(nextID, x.id+1)
 		}
 		rep.RawScan = true
-		lost = -1
 	}
+	lostBad := 0
+	for _, id := range bad {
+		if _, ok := found[id]; !ok {
+			lostBad++
+		}
+	}
+	rep.Kept, rep.Lost = len(found), lostBad
+	if !exact {
+		rep.LostUnknown = true
+		if expected >= 0 {
+			rep.Lost = max(lostBad, int(expected)-len(found))
+		}
+	}
+	rep.Damaged = damagedName(path, opts.Now())
+	rep.Completed = opts.Now()
 
 	tmp := path + ".salvage"
 	_ = os.Remove(tmp)
-	if err := writeFresh(tmp, found); err != nil {
+	rep.StateKept = len(state)
+	err := writeFresh(tmp, found, nextID, rep)
+	if err == nil {
+		err = writeState(tmp, state)
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return nil, err
 	}
-	rep.Damaged = fmt.Sprintf("%s.damaged-%s", path, opts.Now().UTC().Format("20060102T150405"))
 	if err := os.Rename(path, rep.Damaged); err != nil {
 		_ = os.Remove(tmp)
 		return nil, fmt.Errorf("move damaged file aside: %w", err)
@@ -131,37 +219,20 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 		return nil, fmt.Errorf("install salvaged file: %w", err)
 	}
 	syncDir(filepath.Dir(path))
-	rep.Kept, rep.Lost, rep.Completed = len(found), lost, opts.Now()
 	return rep, nil
 }
 
-// walkTree reads the queue and DLQ buckets with the checked reader,
-// keeping every record whose checksum holds; lost counts the others. walked
-// is false when the tree could not be read at all; damaged when parts of it
-// could not (their records may still be found by a raw scan).
-func walkTree(path string, found map[uint64]record) (lost int, walked, damaged bool) {
-	b, err := openBoltFile(path)
-	if err != nil {
-		return 0, false, true
-	}
-	defer b.close()
-	want := map[string]bool{string(bktDLQ): true}
-	for _, l := range bktLanes {
-		want[string(l)] = true
-	}
-	bad, err := b.walkTree(want, true, func(_ string, k, v []byte) {
-		r, err := decodeRecord(k, v)
-		if err != nil || r.kind == kindDelivered {
-			lost++
-			return
+// damagedName is where the damaged file at path goes: path.damaged-TIME,
+// with a number added when that exists already.
+func damagedName(path string, now time.Time) string {
+	base := fmt.Sprintf("%s.damaged-%s", path, now.UTC().Format("20060102T150405"))
+	name := base
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(name); errors.Is(err, os.ErrNotExist) {
+			return name
 		}
-		r.data = append([]byte(nil), r.data...)
-		found[idOf(k)] = r
-	})
-	if err != nil {
-		return lost, false, true
+		name = fmt.Sprintf("%s-%d", base, i)
 	}
-	return lost, true, len(bad) > 0
 }
 
 // rawScan reads every page of the file and keeps the leaf elements that are
@@ -231,7 +302,7 @@ func scanLeaf(p []byte, seen map[uint64]record) {
 		ksize := int(binary.LittleEndian.Uint32(e[8:]))
 		vsize := int(binary.LittleEndian.Uint32(e[12:]))
 		start := at + pos
-		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recFixed || start+ksize+vsize > len(p) {
+		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recMinV2 || start+ksize+vsize > len(p) {
 			continue
 		}
 		r, err := decodeRecord(p[start:start+ksize], p[start+ksize:start+ksize+vsize])
@@ -247,11 +318,17 @@ func scanLeaf(p []byte, seen map[uint64]record) {
 	}
 }
 
-// writeFresh creates a new spool file at path holding recs.
-func writeFresh(path string, recs map[uint64]record) error {
+// writeFresh creates a new spool file at path holding recs, with next_id
+// at least nextID and the salvage report rep in its meta bucket.
+func writeFresh(path string, recs map[uint64]record, nextID uint64, rep *SalvageReport) error {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
+	}
+	report, err := json.Marshal(rep)
+	if err != nil {
+		_ = db.Close()
+		return err
 	}
 	ids := make([]uint64, 0, len(recs))
 	for id := range recs {
@@ -259,12 +336,12 @@ func writeFresh(path string, recs map[uint64]record) error {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	var c counts
-	next := uint64(1)
-	for len(ids) > 0 || next == 1 {
+	next := max(nextID, 1)
+	for first := true; first || len(ids) > 0; first = false {
 		chunk := ids[:min(len(ids), 10000)]
 		ids = ids[len(chunk):]
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, name := range append(bktLanes[:], bktMeta, bktExpiry, bktDedupe, bktDedupeExp, bktDLQ, bktDelivered) {
+			for _, name := range append(append(bktLanes[:], bktMeta, bktExpiry, bktDedupe, bktDedupeExp, bktDLQ, bktDelivered), bktState[:]...) {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return err
 				}
@@ -274,14 +351,12 @@ func writeFresh(path string, recs map[uint64]record) error {
 				v := r.encode(id)
 				size := int64(len(v) + 8)
 				if r.kind == kindDead {
-					c.dlq++
-					c.dlqB += size
+					c.addDLQ(id, size)
 					if err := tx.Bucket(bktDLQ).Put(u64(id), v); err != nil {
 						return err
 					}
 				} else {
-					c.lanes[r.priority][0]++
-					c.lanes[r.priority][1] += size
+					c.addLane(r.priority, id, size)
 					if err := tx.Bucket(bktLanes[r.priority]).Put(u64(id), v); err != nil {
 						return err
 					}
@@ -294,9 +369,13 @@ func writeFresh(path string, recs map[uint64]record) error {
 				next = max(next, id+1)
 			}
 			meta := tx.Bucket(bktMeta)
+			if err := stamp(tx, next, &c); err != nil {
+				return err
+			}
 			for k, v := range map[string][]byte{
 				string(keyMagic): []byte(magic), string(keyFormat): u64(formatVersion),
 				string(keyNextID): u64(next), string(keyCounts): c.encode(), string(keyClean): {1},
+				string(keySalvage): report,
 			} {
 				if err := meta.Put([]byte(k), v); err != nil {
 					return err
@@ -304,7 +383,7 @@ func writeFresh(path string, recs map[uint64]record) error {
 			}
 			return nil
 		})
-		if err != nil || len(ids) == 0 {
+		if err != nil {
 			break
 		}
 	}

@@ -2,11 +2,15 @@ package spool
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,13 +32,17 @@ const (
 	defaultFsyncInterval = 100 * time.Millisecond
 	defaultLockTimeout   = time.Second
 
-	maxBatchOps     = 4096    // operations in one write transaction
-	maxBatchBytes   = 8 << 20 // data bytes in one write transaction
-	sweepBatch      = 1000    // keys deleted per housekeeping transaction and per bulk operation
-	housekeepPeriod = time.Second
-	opsQueue        = 4096
-	lingerMin       = 50 * time.Microsecond // see run
-	lingerMax       = time.Millisecond
+	maxBatchOps       = 4096    // operations in one write transaction
+	maxBatchBytes     = 8 << 20 // data bytes in one write transaction
+	maxAckIDs         = 8192    // acked and nacked ids in one write transaction
+	ackLinger         = 5 * time.Millisecond
+	pinMargin         = 4*maxBatchBytes + 64<<20 // see repin
+	sweepBatch        = 1000                     // keys deleted per housekeeping transaction and per bulk operation
+	housekeepPeriod   = time.Second
+	dropResidentEvery = 10 * time.Second // see housekeep
+	opsQueue          = 4096
+	lingerMin         = 50 * time.Microsecond // see run
+	lingerMax         = time.Millisecond
 )
 
 // Spool is a durable priority queue in one bbolt file. It is safe for
@@ -54,7 +62,16 @@ type Spool struct {
 	kick    chan struct{}
 	done    chan struct{}
 
-	salvage *SalvageReport
+	salvage     *SalvageReport // the salvage this Open did
+	lastSalvage *SalvageReport // the one that made the file (read at Open)
+	checkedSums [Lanes + 2]uint64
+	leakedLock  bool // bbolt panicked at Open holding the file's lock
+
+	// txnHook, when set (tests only), runs in the writer before each write
+	// transaction.
+	txnHook atomic.Pointer[func()]
+
+	failedErr atomic.Pointer[error] // the writer stopped (see failure.go)
 
 	// Owned by the writer goroutine.
 	parked      []*op // Block policy: Puts waiting for room, in arrival order
@@ -64,20 +81,35 @@ type Spool struct {
 	nextID      uint64
 	dirty       bool // Interval durability: committed but not yet fsync'd
 	lastSync    time.Time
+	lastDrop    time.Time // dropResident, see housekeep
+	pin         *bolt.Tx  // Interval durability: a read transaction on the last fsync'd state
+	txid        uint64    // bbolt's id of the last committed transaction
+	refuseNew   bool      // the next transaction answers new messages "full" without trying (disk full)
 
-	mu         sync.Mutex // guards the fields below
-	cur        counts     // committed totals
-	leases     map[uint64]*lease
-	cursor     [Lanes]uint64     // every unleased queued id of a lane is >= its cursor
-	pendBump   map[uint64]uint32 // attempts a message must have at least (expired leases), waiting for the writer
-	pendExpire []uint64          // expired messages found by Lease
-	pendDead   map[uint64]string
-	avail      chan struct{} // closed and replaced when messages become leasable
-	full       bool
-	ctr        counters
-	shareTotal float64 // leases made while a lower lane also had messages
-	shareLower float64 // of those, leases given to a lower lane
-	rr         int     // round robin among lower lanes
+	diskFull                      bool // a write found the disk full, and none stored a message since
+	freedInFile                   bool // diskFull, and a commit freed pages inside the file since: try the next Put
+	nextProbe                     time.Time
+	diskFullSince, diskFullLogged time.Time
+	mapFloor                      int64 // the memory map is at least this large (0: unknown)
+	dataSize                      int64 // the data size after the last commit
+
+	mu           sync.Mutex // guards the fields below
+	cur          counts     // committed totals
+	leases       map[uint64]*lease
+	leaseQ       []leaseRef        // leases handed out, in the order of their deadlines
+	cursor       [Lanes]uint64     // every unleased queued id of a lane is >= its cursor
+	pendBump     map[uint64]uint32 // attempts a message must have at least (expired leases), waiting for the writer
+	pendExpire   []uint64          // expired messages found by Lease
+	pendDead     map[uint64]string
+	avail        chan struct{} // closed and replaced when messages become leasable
+	parkedNow    chan struct{} // closed and replaced when a commit parked Puts
+	full         bool
+	diskFullStat bool // diskFull, for Stats
+	ctr          counters
+	shareTotal   float64 // leases made while a lower lane also had messages
+	shareLower   float64 // of those, leases given to a lower lane
+	rr           int     // round robin among lower lanes
+	state        [StateKinds]StateStats
 }
 
 type lease struct {
@@ -92,6 +124,7 @@ type counters struct {
 	dropped                                             [dropReasons]uint64
 	commits, commitOps, syncs                           uint64
 	commitTime                                          time.Duration
+	commitHist                                          [len(CommitBuckets) + 1]uint64
 }
 
 // Open opens or creates the spool at path.
@@ -104,6 +137,9 @@ type counters struct {
 // was kept and lost.
 func Open(path string, opts Options) (*Spool, error) {
 	opts = withDefaults(opts)
+	if err := checkAddressSpace(opts.MaxBytes, maxInt); err != nil {
+		return nil, err
+	}
 	s := &Spool{
 		path:     path,
 		opts:     opts,
@@ -116,10 +152,13 @@ func Open(path string, opts Options) (*Spool, error) {
 		pendDead: make(map[uint64]string),
 		pendBump: make(map[uint64]uint32),
 		avail:    make(chan struct{}),
+
+		parkedNow: make(chan struct{}),
 	}
 	if err := s.open(); err != nil {
 		return nil, err
 	}
+	s.warnSpace()
 	go s.run()
 	return s, nil
 }
@@ -177,17 +216,54 @@ func (s *Spool) boltOptions() *bolt.Options {
 		// pages in a copy-on-write tree) still have room when it is full.
 		o.MaxSize = int(min(int64(maxInt), 2*s.opts.MaxBytes+64<<20))
 	}
+	if s.opts.Durability == Interval {
+		// Map the file large from the start, so that the pin (see repin)
+		// never has to give way to a growing map: address space, not
+		// memory (pages are resident only when read).
+		o.InitialMmapSize = mapFloor(o.MaxSize)
+	}
 	return o
 }
 
+// mapFloor is the initial memory map size in Interval durability.
+func mapFloor(maxSize int) int {
+	if int64(maxInt) > 1<<32 {
+		if maxSize > 0 {
+			return maxSize
+		}
+		return int(min(int64(maxInt), 64<<30)) // 64 GiB on 64-bit
+	}
+	if maxSize > 0 {
+		return min(maxSize, 1<<30)
+	}
+	return 1 << 30
+}
+
 const maxInt = int(^uint(0) >> 1)
+
+// Max32BitBytes is the largest MaxBytes on a 32-bit platform: bbolt maps
+// the whole file into memory, the map grows to twice the data and more,
+// and a 32-bit process has about 2 GiB of address space for everything.
+const Max32BitBytes = 1 << 30
+
+// checkAddressSpace refuses a cap the platform (largest int maxInt) cannot
+// map: no cap at all, or more than Max32BitBytes, on 32-bit.
+func checkAddressSpace(maxBytes int64, maxInt int) error {
+	if int64(maxInt) > 1<<32 {
+		return nil
+	}
+	if maxBytes <= 0 || maxBytes > Max32BitBytes {
+		return fmt.Errorf("%w: MaxBytes %d on a 32-bit platform: at most %d (1 GiB), the memory map of a bigger file does not fit in the address space", ErrInvalid, maxBytes, Max32BitBytes)
+	}
+	return nil
+}
 
 // open opens the bbolt file, salvaging it when it is damaged. The file is
 // checked under its lock before bbolt sees it, so a spool in use by a
 // running gateway is never mistaken for a damaged one.
 func (s *Spool) open() error {
 	for attempt := 0; ; attempt++ {
-		err := s.checked(func() error { return s.check() })
+		err := s.checked(s.check)
 		if err == nil {
 			err = s.openChecked()
 			if err == nil {
@@ -201,13 +277,20 @@ func (s *Spool) open() error {
 		if attempt > 0 {
 			return fmt.Errorf("spool: %s is still damaged after salvage: %w", s.path, err)
 		}
-		s.log.Error("spool damaged, salvaging", "path", s.path, "err", ce.Err)
+		s.log.Error("spool damaged, salvaging", "path", s.path, "err", ce)
 		var rep *SalvageReport
-		err = s.checked(func() error {
+		run := func() error {
 			var err error
-			rep, err = salvage(s.path, s.opts, ce.Err)
+			rep, err = salvage(s.path, s.opts, ce)
 			return err
-		})
+		}
+		err = s.checked(run)
+		if errors.Is(err, ErrLocked) && s.leakedLock && heldByThisProcess(s.path) {
+			// bbolt panicked after it locked the file: its map keeps the
+			// lock, and no other process can hold it. Salvage moves the
+			// file aside; the fresh one is not locked.
+			err = run()
+		}
 		if err != nil {
 			if errors.Is(err, ErrLocked) {
 				return err
@@ -215,20 +298,30 @@ func (s *Spool) open() error {
 			return fmt.Errorf("spool: salvage %s: %w (cause: %w)", s.path, err, ce)
 		}
 		s.salvage = rep
-		s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.Lost, "damaged", rep.Damaged, "raw_scan", rep.RawScan)
+		s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.LostText(), "damaged_file", rep.Damaged, "raw_scan", rep.RawScan)
 	}
 }
 
 // check validates an existing file before bbolt opens it.
 func (s *Spool) check() error {
 	fi, err := os.Stat(s.path)
-	if err != nil || fi.Size() == 0 {
+	if err != nil || skipCheckForTest {
 		return nil // bbolt creates it
+	}
+	if fi.Size() == 0 {
+		// An existing file of no bytes: truncated (its messages are gone),
+		// or its creation was cut short. Either way it is reported and
+		// moved aside, never silently started over.
+		return &CorruptionError{Path: s.path, Err: errors.New("the file is empty (0 bytes): truncated, or its creation was cut short")}
 	}
 	if err := checkHeader(s.path); err != nil {
 		return err
 	}
-	return checkTree(s.path)
+	c, err := checkedTree(s.path)
+	if err == nil {
+		s.checkedSums = c.found.sums
+	}
+	return err
 }
 
 // checked runs fn holding the file's lock (the one bbolt takes), so that
@@ -262,7 +355,7 @@ func (s *Spool) checked(fn func() error) error {
 
 // openChecked opens the checked file with bbolt and loads the meta bucket.
 func (s *Spool) openChecked() error {
-	db, err := s.openBolt()
+	db, file, err := s.openBolt()
 	if err != nil {
 		return err
 	}
@@ -271,31 +364,86 @@ func (s *Spool) openChecked() error {
 		err = verify(db)
 	}
 	if err != nil {
-		_ = db.Close()
+		var bp *boltPanic
+		if errors.As(err, &bp) {
+			// bbolt may hold its own locks after a panic: do not wait for
+			// them in db.Close. Closing its file releases the file lock
+			// unless its map keeps it (see open).
+			_ = file.Close()
+			s.leakedLock = true
+		} else {
+			_ = db.Close()
+		}
 		return err
 	}
 	s.db = db
-	return s.markOpen()
+	if err := s.markOpen(); err != nil {
+		return err
+	}
+	if s.opts.Durability == Interval {
+		s.mapFloor = int64(mapFloor(s.boltOptions().MaxSize))
+	}
+	_ = db.View(func(tx *bolt.Tx) error { s.dataSize, s.txid = tx.Size(), uint64(tx.ID()); return nil })
+	s.dropResident()
+	s.repin()
+	return nil
 }
 
+// dropResident releases the pages of bbolt's map of the file that Open
+// read (after an unclean shutdown bbolt walks every page to rebuild its
+// freelist, and Verify walks them again): they count as the process's
+// resident memory, a backlog of a million messages is a gigabyte of it.
+// The file stays in the page cache; what is read again is mapped again.
+// Nothing else uses the map yet (the writer has not started).
+func (s *Spool) dropResident() {
+	fi, err := os.Stat(s.path)
+	if err != nil || fi.Size() == 0 {
+		return
+	}
+	addr := s.db.Info().Data
+	n := uintptr(fi.Size()) &^ uintptr(os.Getpagesize()-1)
+	if addr == 0 || n == 0 {
+		return
+	}
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, addr, n, syscall.MADV_DONTNEED)
+}
+
+// boltPanic is a panic of bbolt's, recovered.
+type boltPanic struct{ v any }
+
+func (p *boltPanic) Error() string { return fmt.Sprintf("bbolt: %v", p.v) }
+
 // openBolt opens the file, turning bbolt's errors and panics on a damaged
-// file into a *CorruptionError.
-func (s *Spool) openBolt() (db *bolt.DB, err error) {
+// file into a *CorruptionError. It returns bbolt's file as well: after a
+// panic inside bbolt, closing it is the only safe way to release the lock.
+func (s *Spool) openBolt() (db *bolt.DB, file *os.File, err error) {
+	o := s.boltOptions()
+	o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
 	defer func() {
 		if r := recover(); r != nil {
-			db, err = nil, &CorruptionError{Path: s.path, Err: fmt.Errorf("bbolt: %v", r)}
+			if file != nil {
+				// Releases bbolt's lock, unless its map of the file
+				// (which no one can unmap now) keeps it: see open.
+				_ = file.Close()
+				s.leakedLock = true
+			}
+			db, err = nil, &CorruptionError{Path: s.path, Err: &boltPanic{r}}
 		}
 	}()
-	db, err = bolt.Open(s.path, 0o600, s.boltOptions())
+	db, err = bolt.Open(s.path, 0o600, o)
 	switch {
 	case err == nil:
-		return db, nil
+		return db, file, nil
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("%w: %s (is a gateway running?)", ErrLocked, s.path)
+		return nil, nil, fmt.Errorf("%w: %s (is a gateway running?)", ErrLocked, s.path)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
-		return nil, &CorruptionError{Path: s.path, Err: err}
+		return nil, nil, &CorruptionError{Path: s.path, Err: err}
 	}
-	return nil, fmt.Errorf("spool: open %s: %w", s.path, err)
+	return nil, nil, fmt.Errorf("spool: open %s: %w", s.path, err)
 }
 
 // load creates or checks the buckets and reads the counters. It reports
@@ -303,7 +451,7 @@ func (s *Spool) openBolt() (db *bolt.DB, err error) {
 func (s *Spool) load(db *bolt.DB) (clean bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &CorruptionError{Path: s.path, Err: fmt.Errorf("bbolt: %v", r)}
+			err = &CorruptionError{Path: s.path, Err: &boltPanic{r}}
 		}
 	}()
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -336,15 +484,28 @@ func (s *Spool) load(db *bolt.DB) (clean bool, err error) {
 			}
 			if v := idOf(f); v > formatVersion {
 				return fmt.Errorf("%w: %s has format %d, this build reads up to %d", ErrVersion, s.path, v, formatVersion)
+			} else if v < formatVersion {
+				// From now on it holds records of this format: an older
+				// build must refuse it rather than take them for damage.
+				if err := meta.Put(keyFormat, u64(formatVersion)); err != nil {
+					return err
+				}
 			}
 			c := meta.Get(keyClean)
 			clean = len(c) == 1 && c[0] == 1
+			if v := meta.Get(keySalvage); v != nil {
+				var rep SalvageReport
+				if json.Unmarshal(v, &rep) == nil {
+					s.lastSalvage = &rep
+				}
+			}
 		}
-		for _, name := range append(bktLanes[:], bktExpiry, bktDedupe, bktDedupeExp, bktDLQ, bktDelivered) {
+		for _, name := range append(append(bktLanes[:], bktExpiry, bktDedupe, bktDedupeExp, bktDLQ, bktDelivered), bktState[:]...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
+		s.loadState(tx)
 		n := meta.Get(keyNextID)
 		if len(n) != 8 {
 			return &CorruptionError{Path: s.path, Err: errors.New("next_id missing")}
@@ -354,8 +515,13 @@ func (s *Spool) load(db *bolt.DB) (clean bool, err error) {
 		if err != nil {
 			return &CorruptionError{Path: s.path, Err: err}
 		}
+		if _, _, cc, err := decodeCommit(meta.Get(keyCommit)); err == nil {
+			c.sums = cc.sums
+		} else {
+			c.sums = s.checkedSums // a file from before commit records: as Open's check added them up
+		}
 		s.cur = c
-		return nil
+		return stamp(tx, s.nextID, &s.cur) // this is a commit too
 	})
 	return clean, err
 }
@@ -363,7 +529,12 @@ func (s *Spool) load(db *bolt.DB) (clean bool, err error) {
 // markOpen records that the file is in use, so that a crash before Close
 // is known at the next Open (and triggers verification with VerifyAuto).
 func (s *Spool) markOpen() error {
-	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bktMeta).Put(keyClean, []byte{0}) })
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := stamp(tx, s.nextID, &s.cur); err != nil {
+			return err
+		}
+		return tx.Bucket(bktMeta).Put(keyClean, []byte{0})
+	})
 	if err != nil {
 		_ = s.db.Close()
 		return fmt.Errorf("spool: open %s: %w", s.path, err)
@@ -376,7 +547,7 @@ func (s *Spool) markOpen() error {
 func verify(db *bolt.DB) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &CorruptionError{Path: db.Path(), Err: fmt.Errorf("bbolt: %v", r)}
+			err = &CorruptionError{Path: db.Path(), Err: &boltPanic{r}}
 		}
 	}()
 	return db.View(func(tx *bolt.Tx) error {
@@ -413,19 +584,41 @@ func (s *Spool) Close() error {
 	s.closed = true
 	close(s.ops)
 	s.closeMu.Unlock()
-	<-s.done
+	select {
+	case <-s.done:
+	case <-time.After(closeBound):
+		// The writer is stuck inside bbolt (a write that never returns):
+		// its waiters keep waiting on their contexts; shutdown goes on.
+		return fmt.Errorf("spool: close %s: the writer did not finish within %s", s.path, closeBound)
+	}
 	s.mu.Lock()
 	close(s.avail) // wake blocked Lease calls: they see closed and return
 	s.avail = make(chan struct{})
 	s.mu.Unlock()
 
-	s.dbmu.Lock()
-	defer s.dbmu.Unlock()
-	s.db.NoSync = false
-	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bktMeta).Put(keyClean, []byte{1}) })
-	if cerr := s.db.Close(); err == nil {
-		err = cerr
-	}
+	failed := s.Err()
+	err := closeBounded(func() error {
+		s.dbmu.Lock()
+		defer s.dbmu.Unlock()
+		if failed != nil {
+			return s.db.Close() // no last commit: bbolt is not to be trusted
+		}
+		s.db.NoSync = false
+		// The last commit writes bbolt's freelist (the spool runs without
+		// one): the next Open reads it instead of walking every page a
+		// second time, after its own check has verified it.
+		s.db.NoFreelistSync = false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			if err := stamp(tx, s.nextID, &s.cur); err != nil {
+				return err
+			}
+			return tx.Bucket(bktMeta).Put(keyClean, []byte{1})
+		})
+		if cerr := s.db.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("spool: close %s: %w", s.path, err)
 	}
@@ -454,6 +647,9 @@ func (s *Spool) enqueue(ctx context.Context, o *op) error {
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return ErrClosed
+	}
+	if err := s.Err(); err != nil {
+		return err
 	}
 	select {
 	case s.ops <- o:
@@ -489,8 +685,19 @@ func (s *Spool) Put(ctx context.Context, e Entry) (PutResult, error) {
 // Entries queued one after another by one goroutine are stored in that
 // order, so their ids (and lease order) follow the calls, also when the
 // Block policy makes them wait for room. wait must be called once.
+//
+// When ctx ends before the entry was taken into a transaction (it is still
+// queued, or parked waiting for room under the Block policy), it is
+// withdrawn: wait returns ctx's error (for a parked one, ErrFull wrapping
+// it) and the entry is never stored. Once a transaction holds it, wait
+// returns that transaction's answer. A producer that cancels the entries
+// behind a refused one therefore keeps its order: none of them is stored
+// after the refusal it was told about.
 func (s *Spool) PutAsync(ctx context.Context, e Entry) (wait func() (PutResult, error)) {
 	if err := s.validate(&e); err != nil {
+		return func() (PutResult, error) { return PutResult{}, err }
+	}
+	if err := ctx.Err(); err != nil {
 		return func() (PutResult, error) { return PutResult{}, err }
 	}
 	o := &op{kind: opPut, e: e}
@@ -499,13 +706,36 @@ func (s *Spool) PutAsync(ctx context.Context, e Entry) (wait func() (PutResult, 
 		if err != nil {
 			return PutResult{}, err
 		}
+		return s.awaitPut(ctx, o)
+	}
+}
+
+// awaitPut waits for o's answer, withdrawing o when ctx ends first and the
+// writer does not hold it.
+func (s *Spool) awaitPut(ctx context.Context, o *op) (PutResult, error) {
+	select {
+	case <-o.done:
+		return o.res, o.err
+	case <-ctx.Done():
+	}
+	for {
+		s.mu.Lock()
+		parked := s.parkedNow // before the CAS: a park after it closes this
+		s.mu.Unlock()
+		if o.state.CompareAndSwap(opIdle, opWithdrawn) {
+			if !o.wasParked.Load() {
+				return PutResult{}, ctx.Err()
+			}
+			s.mu.Lock()
+			s.ctr.rejected++
+			s.mu.Unlock()
+			s.poke() // let the writer drop it from the parked queue
+			return PutResult{}, fmt.Errorf("%w (no room before the caller gave up): %w", ErrFull, ctx.Err())
+		}
 		select {
 		case <-o.done:
 			return o.res, o.err
-		case <-ctx.Done():
-			// The writer still owns o (it may be parked and stored later);
-			// the caller treats the message as not stored and re-sends.
-			return PutResult{}, ctx.Err()
+		case <-parked:
 		}
 	}
 }
@@ -518,6 +748,8 @@ func (s *Spool) validate(e *Entry) error {
 		return fmt.Errorf("%w: empty data", ErrInvalid)
 	case len(e.Data) > s.opts.MaxMessageBytes:
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(e.Data), s.opts.MaxMessageBytes)
+	case len(e.State) > 0 && s.checkStateOps(e.State) != nil:
+		return s.checkStateOps(e.State)
 	case len(e.DedupeKey) > maxDedupeKey:
 		return fmt.Errorf("%w: dedupe key of %d bytes, limit %d", ErrInvalid, len(e.DedupeKey), maxDedupeKey)
 	case !e.ExpiresAt.IsZero() && !s.now().Before(e.ExpiresAt):
@@ -529,21 +761,45 @@ func (s *Spool) validate(e *Entry) error {
 // Ack removes delivered messages (or, with RetainDelivered, moves them to
 // the retained set). Unknown ids are ignored: a message may have expired or
 // been dropped while in flight.
+//
+// Ack returns after the transaction that removed them was fsync'd: an Ack
+// that returned is not undone by a crash or a power cut. Acks are committed
+// in batches: one waits up to a few milliseconds for others, or for a Put
+// whose commit it joins.
 func (s *Spool) Ack(ctx context.Context, ids ...uint64) error {
-	if len(ids) == 0 {
-		return nil
+	return s.submitIDs(ctx, opAck, ids)
+}
+
+// submitIDs submits ids in operations of at most maxAckIDs each and waits
+// for all of them.
+func (s *Spool) submitIDs(ctx context.Context, kind opKind, ids []uint64) error {
+	var ops []*op
+	for len(ids) > 0 {
+		n := min(len(ids), maxAckIDs)
+		o := &op{kind: kind, ids: ids[:n]}
+		ids = ids[n:]
+		if err := s.enqueue(ctx, o); err != nil {
+			if len(ops) == 0 {
+				return err
+			}
+			break
+		}
+		ops = append(ops, o)
 	}
-	return s.submit(ctx, &op{kind: opAck, ids: ids})
+	var first error
+	for _, o := range ops {
+		if err := s.await(ctx, o); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // Nack returns leased messages to their original position, so they are
 // leased again before anything newer in their lane; their Attempts grow by
 // one. Unknown ids are ignored.
 func (s *Spool) Nack(ctx context.Context, ids ...uint64) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	return s.submit(ctx, &op{kind: opNack, ids: ids})
+	return s.submitIDs(ctx, opNack, ids)
 }
 
 // DeadLetter moves a queued message to the DLQ with a reason.
@@ -629,6 +885,9 @@ func (s *Spool) bulk(ctx context.Context, kind opKind, ids []uint64) (int, error
 // view runs fn in a read transaction, turning a bbolt panic on a damaged
 // page into a *CorruptionError.
 func (s *Spool) view(fn func(*bolt.Tx) error) (err error) {
+	if err := s.Err(); err != nil {
+		return err // bbolt may hold its locks: do not wait for them
+	}
 	s.dbmu.RLock()
 	defer s.dbmu.RUnlock()
 	if s.isClosed() {
@@ -657,33 +916,45 @@ func (s *Spool) Stats() Stats {
 		}
 	}
 	st := Stats{
-		Leased:        leased,
-		DLQMessages:   c.dlq,
-		DLQBytes:      c.dlqB,
-		Retained:      c.ret,
-		RetainedBytes: c.retB,
-		DedupeEntries: c.dedupe,
-		Full:          s.full,
-		Accepted:      k.accepted,
-		Duplicates:    k.duplicates,
-		Acked:         k.acked,
-		Nacked:        k.nacked,
-		DeadLettered:  k.dead,
-		Rejected:      k.rejected,
-		Dropped:       k.dropped,
-		Commits:       k.commits,
-		CommitOps:     k.commitOps,
-		CommitTime:    k.commitTime,
-		Syncs:         k.syncs,
+		Leased:          leased,
+		DLQMessages:     c.dlq,
+		DLQBytes:        c.dlqB,
+		Retained:        c.ret,
+		RetainedBytes:   c.retB,
+		DedupeEntries:   c.dedupe,
+		Full:            s.full,
+		DiskFull:        s.diskFullStat,
+		Salvage:         s.lastSalvage,
+		Accepted:        k.accepted,
+		Duplicates:      k.duplicates,
+		Acked:           k.acked,
+		Nacked:          k.nacked,
+		DeadLettered:    k.dead,
+		Rejected:        k.rejected,
+		Dropped:         k.dropped,
+		Commits:         k.commits,
+		CommitOps:       k.commitOps,
+		CommitTime:      k.commitTime,
+		CommitDurations: k.commitHist,
+		Syncs:           k.syncs,
 	}
 	s.mu.Unlock()
+	if err := s.Err(); err != nil {
+		st.Failure = err.Error()
+	}
 	for i, l := range c.lanes {
 		st.Lanes[i] = LaneStats{Messages: l[0], Bytes: l[1]}
 		st.Messages += l[0]
 		st.Bytes += l[1]
 	}
 	_ = s.view(func(tx *bolt.Tx) error {
+		// What ls and du see: bbolt grows the file in steps of up to
+		// AllocSize (16 MiB) beyond the pages in use (tx.Size), and Compact
+		// reports this size too.
 		st.FileSize = tx.Size()
+		if fi, err := os.Stat(s.path); err == nil {
+			st.FileSize = fi.Size()
+		}
 		for i := range st.Lanes {
 			if st.Lanes[i].Messages == 0 {
 				continue
@@ -697,4 +968,32 @@ func (s *Spool) Stats() Stats {
 		return nil
 	})
 	return st
+}
+
+// skipCheckForTest hands bbolt files unchecked (tests only: to make bbolt
+// panic at Open).
+var skipCheckForTest bool
+
+// heldByThisProcess reports whether /proc/locks lists a lock on the file at
+// path held by this process.
+func heldByThisProcess(path string) bool {
+	var st syscall.Stat_t
+	if syscall.Stat(path, &st) != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return false
+	}
+	major := (st.Dev>>8)&0xfff | (st.Dev>>32)&^0xfff
+	minor := st.Dev&0xff | (st.Dev>>12)&^0xff
+	want := fmt.Sprintf("%02x:%02x:%d", major, minor, st.Ino)
+	pid := strconv.Itoa(os.Getpid())
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 && f[1] == "FLOCK" && f[4] == pid && f[5] == want {
+			return true
+		}
+	}
+	return false
 }

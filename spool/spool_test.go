@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -120,6 +121,36 @@ func TestDedupeAndReopen(t *testing.T) {
 	}
 	if st := s.Stats(); st.Messages != 1 {
 		t.Fatalf("messages %d", st.Messages)
+	}
+}
+
+// TestDedupeRecordOnly: a first send with a reused key (an MQTT packet id
+// used again after its message was acknowledged) is stored and becomes
+// what the key names; a later checking Put (the retransmit) with that key
+// is the duplicate of the latest, not of the first.
+func TestDedupeRecordOnly(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	r1, err := s.Put(ctx, Entry{DedupeKey: "pid-5", DedupeRecordOnly: true, Data: []byte("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.Put(ctx, Entry{DedupeKey: "pid-5", DedupeRecordOnly: true, Data: []byte("b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Duplicate || r2.Duplicate || r1.ID == r2.ID {
+		t.Fatalf("first sends: %+v %+v (a reused key must never drop a new message)", r1, r2)
+	}
+	r3, err := s.Put(ctx, Entry{DedupeKey: "pid-5", Data: []byte("b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r3.Duplicate || r3.ID != r2.ID {
+		t.Fatalf("retransmit: %+v, want a duplicate of %d", r3, r2.ID)
+	}
+	if st := s.Stats(); st.Messages != 2 || st.DedupeEntries != 1 {
+		t.Fatalf("messages %d dedupe entries %d, want 2 and 1", st.Messages, st.DedupeEntries)
 	}
 }
 
@@ -259,6 +290,29 @@ func TestBitRotInOneRecord(t *testing.T) {
 	for _, it := range items {
 		if string(it.Data) == "message-042-payload" {
 			t.Fatal("the damaged message came back")
+		}
+	}
+}
+
+// TestAddressSpace32: on a 32-bit platform a cap over 1 GiB, or none, is
+// refused at Open rather than failing later when the map cannot grow.
+func TestAddressSpace32(t *testing.T) {
+	const max32 = 1<<31 - 1
+	for _, tc := range []struct {
+		maxBytes int64
+		ok       bool
+	}{{1 << 30, true}, {64 << 20, true}, {1<<30 + 1, false}, {-1, false}, {8 << 30, false}} {
+		err := checkAddressSpace(tc.maxBytes, max32)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalid)) {
+			t.Errorf("max_bytes %d on 32-bit: %v", tc.maxBytes, err)
+		}
+		if err := checkAddressSpace(tc.maxBytes, int(^uint(0)>>1)); err != nil && strconv.IntSize == 64 {
+			t.Errorf("max_bytes %d on 64-bit: %v", tc.maxBytes, err)
+		}
+	}
+	if strconv.IntSize == 32 {
+		if _, err := Open(filepath.Join(t.TempDir(), "s.db"), Options{MaxBytes: -1}); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("Open without a cap on 32-bit: %v", err)
 		}
 	}
 }
