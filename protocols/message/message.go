@@ -62,20 +62,38 @@ type Source struct {
 // the message: it is carried upstream in the envelope format so that the
 // cloud side can drop the duplicates at-least-once delivery can cause.
 type Message struct {
-	ID            string
-	Topic         string
-	Payload       []byte
-	QoS           byte
-	Priority      uint8
-	Retain        bool
-	ContentType   string
-	Headers       []Header
-	Source        Source
-	AcceptedAt    time.Time
-	ExpiresAt     time.Time // zero: never expires
-	DedupeKey     string    // empty: not de-duplicated
-	UpstreamTopic string    // set by routing; empty: not bridged
-	UpstreamQoS   byte
+	ID          string
+	Topic       string
+	Payload     []byte
+	QoS         byte
+	Priority    uint8
+	Retain      bool
+	ContentType string
+	Headers     []Header
+	Source      Source
+	AcceptedAt  time.Time
+	ExpiresAt   time.Time // zero: never expires
+	DedupeKey   string    // set by routing (Route.Apply); empty: not de-duplicated
+	// DedupeRecordOnly: store the message and remember its DedupeKey for
+	// a later retransmit, never drop it as a duplicate (a first send).
+	DedupeRecordOnly bool
+	UpstreamTopic    string // set by routing; empty: not bridged
+	UpstreamQoS      byte
+
+	// SendID names this send for retransmit dedupe (message.DedupeRetransmit):
+	// set by the protocol, unique per sender among its unacknowledged
+	// sends (MQTT: the packet id of a QoS 1/2 publish; STOMP: a message-id
+	// header). Resend marks a send the device says it made before (MQTT
+	// DUP, a STOMP message-id always: STOMP cannot tell).
+	SendID string
+	Resend bool
+
+	// MQTT 5 request/response and payload format, carried to local MQTT 5
+	// subscribers (and MQTT 5 upstreams): Response Topic, Correlation Data,
+	// Payload Format Indicator 1 (the payload is UTF-8 text).
+	ResponseTopic   string
+	CorrelationData []byte
+	PayloadUTF8     bool
 }
 
 // Header returns the value of the first header with key k.

@@ -2,6 +2,7 @@ package message
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"strings"
@@ -29,7 +30,11 @@ func sample() *Message {
 }
 
 func TestEncodeRoundTrip(t *testing.T) {
-	for name, m := range map[string]*Message{"full": sample(), "zero": {}, "topic only": {Topic: "a"}} {
+	routed := &Message{ID: NewID(time.Now()), Topic: "sensors/room1/temp", UpstreamTopic: "sites/gw1/sensors/room1/temp",
+		Payload: make([]byte, 256), QoS: 1, UpstreamQoS: 1, Source: Source{Protocol: ProtoMQTT, ClientID: "sensor-0001"}, AcceptedAt: time.Now()}
+	other := sample()
+	other.ID, other.UpstreamTopic = "not-hex", "elsewhere"
+	for name, m := range map[string]*Message{"full": sample(), "zero": {}, "topic only": {Topic: "a"}, "routed": routed, "text id, other upstream": other} {
 		t.Run(name, func(t *testing.T) {
 			b := Encode(nil, m)
 			if len(b) != EncodedSize(m) {
@@ -42,7 +47,38 @@ func TestEncodeRoundTrip(t *testing.T) {
 			if !equal(got, m) {
 				t.Fatalf("round trip:\n got %+v\nwant %+v", got, m)
 			}
+			// Version 1, as files written before version 2 hold it.
+			if got, err := Decode(encodeV1(m)); err != nil || !equal(got, m) {
+				t.Fatalf("version 1: %v\n got %+v\nwant %+v", err, got, m)
+			}
 		})
+	}
+}
+
+// TestEncodedSizeOfARoutedMessage: the spool stores this once per message
+// (issue 9: bytes per message).
+func TestEncodedSizeOfARoutedMessage(t *testing.T) {
+	m := &Message{ID: NewID(time.Now()), Topic: "sensors/room1/temp", UpstreamTopic: "sites/gw1/sensors/room1/temp",
+		Payload: make([]byte, 256), QoS: 1, UpstreamQoS: 1, Source: Source{Protocol: ProtoMQTT, ClientID: "sensor-0001"}, AcceptedAt: time.Now()}
+	v1, v2 := len(encodeV1(m)), EncodedSize(m)
+	t.Logf("256-byte payload: version 1 %d bytes, version 2 %d bytes", v1, v2)
+	if v2 > 256+75 {
+		t.Fatalf("version 2 takes %d bytes for a 256-byte payload, want at most %d", v2, 256+75)
+	}
+}
+
+// TestDecodeVersion1Golden: bytes written by the version 1 encoder (the
+// FuzzDecode seed "full") still decode to the message they held.
+func TestDecodeVersion1Golden(t *testing.T) {
+	b := []byte("\x01\x01\x01\x03\x01\x02\xaa\xb4\xae\xd8ǿΗ/\x80\x80\x95\ue311З/ 018bcfe56800577917d8aa6d443442e5\x12sensors/room1/temp\x1csites/gw1/sensors/room1/temp\x10application/json\x06sess-1\x03dev\x02a1\x03\x06msg-id\x02a1\x01k\x01v\x01k\x01w\x14{\"id\":\"a1\",\"t\":21.5}")
+	m, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sample()
+	want.ID = "018bcfe56800577917d8aa6d443442e5"
+	if !equal(m, want) {
+		t.Fatalf("got %+v\nwant %+v", m, want)
 	}
 }
 
@@ -54,16 +90,42 @@ func equal(a, b *Message) bool {
 		a.DedupeKey == b.DedupeKey && a.UpstreamTopic == b.UpstreamTopic && a.UpstreamQoS == b.UpstreamQoS
 }
 
+// encodeV1 is the version 1 encoder, kept to test that Decode reads it.
+func encodeV1(m *Message) []byte {
+	var flags byte
+	if m.Retain {
+		flags |= 1
+	}
+	dst := []byte{encodingV1, flags, m.QoS, m.Priority, m.UpstreamQoS, byte(m.Source.Protocol)}
+	dst = binary.AppendVarint(dst, unixNano(m.AcceptedAt))
+	dst = binary.AppendVarint(dst, unixNano(m.ExpiresAt))
+	for _, s := range [...]string{m.ID, m.Topic, m.UpstreamTopic, m.ContentType, m.Source.ClientID, m.Source.Username, m.DedupeKey} {
+		dst = appendString(dst, s)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(m.Headers)))
+	for _, h := range m.Headers {
+		dst = appendString(dst, h.Key)
+		dst = appendString(dst, h.Value)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(m.Payload)))
+	return append(dst, m.Payload...)
+}
+
 func TestDecodeRejects(t *testing.T) {
 	good := Encode(nil, sample())
+	good1 := encodeV1(sample())
 	for name, b := range map[string][]byte{
-		"empty":          nil,
-		"future version": append([]byte{2}, good[1:]...),
-		"truncated":      good[:len(good)-1],
-		"trailing":       append(append([]byte(nil), good...), 0),
-		"bad flags":      append([]byte{1, 0x80}, good[2:]...),
-		"bad priority":   append([]byte{1, 0, 1, 10}, good[4:]...),
-		"huge length":    {1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"empty":                nil,
+		"future version":       append([]byte{3}, good[1:]...),
+		"truncated v1":         good1[:len(good1)-1],
+		"trailing v1":          append(append([]byte(nil), good1...), 0),
+		"bad flags v1":         append([]byte{1, 0x80}, good1[2:]...),
+		"bad priority v1":      append([]byte{1, 0, 1, 10}, good1[4:]...),
+		"huge length v1":       {1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"short v2":             good[:12],
+		"bad qos v2":           append([]byte{2, good[1], 3}, good[3:]...),
+		"bad priority v2":      append([]byte{2, good[1], good[2], good[3], 10}, good[5:]...),
+		"truncated v2 strings": good[:20],
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := Decode(b); !errors.Is(err, ErrMalformed) {
@@ -76,15 +138,21 @@ func TestDecodeRejects(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(Encode(nil, sample()))
 	f.Add(Encode(nil, &Message{Topic: "a"}))
+	f.Add(encodeV1(sample()))
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
 		if err != nil {
 			return
 		}
-		// Whatever decodes must re-encode to the same bytes.
-		if again := Encode(nil, m); !bytes.Equal(again, b) {
+		again := Encode(nil, m)
+		if b[0] == encodingV2 && !bytes.Equal(again, b) {
+			// Whatever decodes must re-encode to the same bytes.
 			t.Fatalf("decode/encode not stable:\n in %x\nout %x", b, again)
+		}
+		// Version 1 input: the same message in version 2.
+		if m2, err := Decode(again); err != nil || !equal(m2, m) {
+			t.Fatalf("version %d input re-encoded: %v\n got %+v\nwant %+v", b[0], err, m2, m)
 		}
 	})
 }
@@ -200,6 +268,7 @@ func TestDedupeKey(t *testing.T) {
 		want string
 	}{
 		{"none", ""},
+		{"retransmit", ""}, // sample() has no send id
 		{"property", "a1"},
 		{"property:k", "v"},
 		{"json:id", "a1"},
@@ -223,7 +292,7 @@ func TestDedupeKey(t *testing.T) {
 	if DedupeKey(&Message{Payload: []byte("not json")}, Dedupe{Kind: DedupeJSON, Name: "id"}) != "" {
 		t.Error("non-JSON payload yielded a key")
 	}
-	for _, bad := range []string{"json", "md5", "json:"} {
+	for _, bad := range []string{"json", "md5", "json:", "retransmit:x"} {
 		if _, err := ParseDedupe(bad); err == nil {
 			t.Errorf("ParseDedupe(%q) accepted", bad)
 		}
@@ -232,8 +301,9 @@ func TestDedupeKey(t *testing.T) {
 
 func TestRouteApply(t *testing.T) {
 	m := &Message{Topic: "a", AcceptedAt: time.Unix(100, 0), Headers: []Header{{"msg-id", "x"}}}
-	Route{Priority: 4, TTL: time.Minute, Dedupe: Dedupe{Kind: DedupeProperty}, UpstreamTopic: "up/a", UpstreamQoS: 1}.Apply(m)
-	if m.Priority != 4 || !m.ExpiresAt.Equal(time.Unix(160, 0)) || m.DedupeKey != "x" || m.UpstreamTopic != "up/a" || m.UpstreamQoS != 1 {
+	r := Route{Name: "r", Priority: 4, TTL: time.Minute, Dedupe: Dedupe{Kind: DedupeProperty}, UpstreamTopic: "up/a", UpstreamQoS: 1}
+	r.Apply(m)
+	if m.Priority != 4 || !m.ExpiresAt.Equal(time.Unix(160, 0)) || m.DedupeKey != ScopedDedupeKey("r", m.Source, "x") || m.UpstreamTopic != "up/a" || m.UpstreamQoS != 1 {
 		t.Fatalf("Apply: %+v", m)
 	}
 	if !m.Expired(time.Unix(160, 0)) || m.Expired(time.Unix(159, 0)) {
@@ -241,9 +311,99 @@ func TestRouteApply(t *testing.T) {
 	}
 }
 
+// TestDedupeScoped: the same raw key from two clients, or on two routes,
+// gives two keys: two devices whose counters collide never drop each
+// other's messages (they used to: the key was global).
+func TestDedupeScoped(t *testing.T) {
+	r := Route{Name: "open", Dedupe: Dedupe{Kind: DedupeJSON, Name: "id"}}
+	a := &Message{Topic: "open/dd/user-a", Payload: []byte(`{"id":"T-7"}`), Source: Source{Protocol: ProtoMQTT, ClientID: "user-a"}}
+	b := &Message{Topic: "open/dd/user-b", Payload: []byte(`{"id":"T-7"}`), Source: Source{Protocol: ProtoMQTT, ClientID: "user-b"}}
+	r.Apply(a)
+	r.Apply(b)
+	if a.DedupeKey == "" || a.DedupeKey == b.DedupeKey {
+		t.Fatalf("keys %q %q: equal ids of two clients collide", a.DedupeKey, b.DedupeKey)
+	}
+	a2 := &Message{Topic: "open/dd/user-a", Payload: []byte(`{"id":"T-7"}`), Source: a.Source}
+	Route{Name: "other", Dedupe: r.Dedupe}.Apply(a2)
+	if a2.DedupeKey == a.DedupeKey {
+		t.Fatal("two routes share dedupe keys")
+	}
+	again := &Message{Topic: "open/dd/user-a", Payload: []byte(`{"id":"T-7"}`), Source: a.Source}
+	r.Apply(again)
+	if again.DedupeKey != a.DedupeKey {
+		t.Fatal("the same client's resend has another key")
+	}
+}
+
+// TestDedupeRetransmitDefault: the default drops retransmits only. A first
+// send (MQTT: no DUP) only records its key; a DUP of the same client and
+// packet id is checked; a message without a send id has no key.
+func TestDedupeRetransmitDefault(t *testing.T) {
+	var r Route // the zero route: retransmit
+	src := Source{Protocol: ProtoMQTT, ClientID: "dev"}
+	first := &Message{Topic: "sensors/t", Payload: []byte("21.5"), Source: src, SendID: "7"}
+	r.Apply(first)
+	if first.DedupeKey == "" || !first.DedupeRecordOnly {
+		t.Fatalf("first send: key %q record-only %v", first.DedupeKey, first.DedupeRecordOnly)
+	}
+	dup := &Message{Topic: "sensors/t", Payload: []byte("21.5"), Source: src, SendID: "7", Resend: true}
+	r.Apply(dup)
+	if dup.DedupeKey != first.DedupeKey || dup.DedupeRecordOnly {
+		t.Fatalf("retransmit: key %q record-only %v", dup.DedupeKey, dup.DedupeRecordOnly)
+	}
+	qos0 := &Message{Topic: "sensors/t", Payload: []byte("21.5"), Source: src}
+	r.Apply(qos0)
+	if qos0.DedupeKey != "" {
+		t.Fatal("a message without a send id got a dedupe key")
+	}
+	none := &Message{Topic: "sensors/t", Source: src, SendID: "7", Resend: true}
+	Route{Dedupe: Dedupe{Kind: DedupeNone}}.Apply(none)
+	if none.DedupeKey != "" {
+		t.Fatal("dedupe none keyed a message")
+	}
+}
+
 func TestNewIDSortsByTime(t *testing.T) {
 	a, b := NewID(time.Unix(1, 0)), NewID(time.Unix(2, 0))
 	if len(a) != 32 || a >= b || NewID(time.Unix(1, 0)) == a {
 		t.Fatalf("ids %s %s", a, b)
+	}
+}
+
+// TestRetransmitKeyNamesTheMessage: an MQTT packet id is reused once its
+// message was acknowledged, so the id alone does not name a message. A new
+// message under a reused id whose first send was lost (the gateway crashed
+// before the commit) comes back as a DUP; keyed by the id alone it would
+// match the older message's record and be acknowledged as a duplicate and
+// never stored: lost. The key holds the topic and payload too; a real
+// retransmit repeats both.
+func TestRetransmitKeyNamesTheMessage(t *testing.T) {
+	var r Route
+	src := Source{Protocol: ProtoMQTT, ClientID: "dev"}
+	older := &Message{Topic: "sensors/t", Payload: []byte("21.5"), Source: src, SendID: "7"}
+	r.Apply(older)
+	newer := &Message{Topic: "sensors/t", Payload: []byte("21.6"), Source: src, SendID: "7", Resend: true}
+	r.Apply(newer)
+	if newer.DedupeKey == older.DedupeKey {
+		t.Fatalf("a DUP with a reused packet id and another payload has the older message's key %q: it would be dropped", older.DedupeKey)
+	}
+	other := &Message{Topic: "sensors/u", Payload: []byte("21.5"), Source: src, SendID: "7", Resend: true}
+	r.Apply(other)
+	if other.DedupeKey == older.DedupeKey {
+		t.Fatal("a DUP with a reused packet id on another topic has the older message's key")
+	}
+	again := &Message{Topic: "sensors/t", Payload: []byte("21.5"), Source: src, SendID: "7", Resend: true}
+	r.Apply(again)
+	if again.DedupeKey != older.DedupeKey {
+		t.Fatalf("a real retransmit has key %q, its first send %q", again.DedupeKey, older.DedupeKey)
+	}
+	// STOMP's message-id names the message itself: a repeat is a duplicate
+	// whatever the body.
+	s1 := &Message{Topic: "q", Payload: []byte("a"), Source: Source{Protocol: ProtoSTOMP, ClientID: "c"}, SendID: "m-1", Resend: true}
+	s2 := &Message{Topic: "q", Payload: []byte("b"), Source: Source{Protocol: ProtoSTOMP, ClientID: "c"}, SendID: "m-1", Resend: true}
+	r.Apply(s1)
+	r.Apply(s2)
+	if s1.DedupeKey != s2.DedupeKey {
+		t.Fatal("a repeated STOMP message-id got two keys")
 	}
 }

@@ -3,9 +3,12 @@ package message
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,10 +28,22 @@ type DedupeKind uint8
 
 // Dedupe key sources.
 const (
-	DedupeNone     DedupeKind = iota // no de-duplication
-	DedupeProperty                   // an MQTT 5 user property / STOMP header (Name, default "msg-id")
-	DedupeJSON                       // a top-level field of a JSON payload (Name, e.g. "id")
-	DedupeHash                       // SHA-256 of topic and payload
+	// DedupeRetransmit (the zero value, the default) drops retransmits
+	// only: a message the device sends again because it never saw the
+	// acknowledgement. The protocol names a send (Message.Resend,
+	// Message.SendID: MQTT the client and packet id of a QoS 1/2 publish,
+	// STOMP a message-id header where the client sets one); a resent one
+	// whose first send was stored inside the window is not stored again. A
+	// new reading that merely equals an old one is never dropped.
+	DedupeRetransmit DedupeKind = iota
+	DedupeNone                  // no de-duplication at all
+	DedupeProperty              // an MQTT 5 user property / STOMP header (Name, default "msg-id")
+	DedupeJSON                  // a top-level field of a JSON payload (Name, e.g. "id")
+	// DedupeHash is a hash of topic and payload: it drops a new reading
+	// that equals an earlier one of the same client inside the window
+	// (a steady temperature). Opt-in only, for payloads that carry their
+	// own sequence number or time.
+	DedupeHash
 )
 
 // DefaultDedupeProperty is the header / user property read by DedupeProperty
@@ -42,7 +57,8 @@ type Dedupe struct {
 }
 
 // Route is what the gateway's routing rules decide for one topic. The zero
-// Route spools at priority 0 with no TTL, no dedupe and no upstream topic.
+// Route spools at priority 0 with no TTL, retransmit dedupe and no upstream
+// topic.
 type Route struct {
 	Name          string
 	Priority      uint8
@@ -50,8 +66,11 @@ type Route struct {
 	Dedupe        Dedupe
 	UpstreamTopic string // resolved upstream topic; empty with LocalOnly
 	UpstreamQoS   byte
-	QoS0          QoS0Policy
-	LocalOnly     bool // never spooled or bridged: local fan-out only
+	// UpstreamRetain: publish upstream with the retain flag the message
+	// came with (Message.Retain); false: never retained upstream.
+	UpstreamRetain bool
+	QoS0           QoS0Policy
+	LocalOnly      bool // never spooled or bridged: local fan-out only
 }
 
 // Router chooses the route of a topic. Implementations must be safe for
@@ -69,14 +88,35 @@ func (r Route) Apply(m *Message) {
 	}
 	m.UpstreamTopic = r.UpstreamTopic
 	m.UpstreamQoS = r.UpstreamQoS
-	m.DedupeKey = DedupeKey(m, r.Dedupe)
+	m.DedupeKey, m.DedupeRecordOnly = "", false
+	if raw := DedupeKey(m, r.Dedupe); raw != "" {
+		m.DedupeKey = ScopedDedupeKey(r.Name, m.Source, raw)
+		// A first send records its key for a retransmit to find, and is
+		// never itself a duplicate: the device reuses a packet id once the
+		// message was acknowledged.
+		m.DedupeRecordOnly = r.Dedupe.Kind == DedupeRetransmit && !m.Resend
+	}
 }
 
-// DedupeKey extracts m's dedupe key from the source d. It returns "" when the
-// source yields nothing (no such header, payload not a JSON object, field
-// missing): such a message is not de-duplicated, never refused.
+// DedupeKey extracts m's raw dedupe key from the source d. It returns ""
+// when the source yields nothing (no send id, no such header, payload not a
+// JSON object, field missing): such a message is not de-duplicated, never
+// refused.
 func DedupeKey(m *Message, d Dedupe) string {
 	switch d.Kind {
+	case DedupeRetransmit:
+		if m.SendID == "" || m.Source.Protocol != ProtoMQTT {
+			return m.SendID
+		}
+		// An MQTT packet id is reused once its message was acknowledged:
+		// the id with a hash of topic and payload names the message, so a
+		// new message under a reused id, whose first send was lost in a
+		// crash and that comes back as a DUP, never matches an older one.
+		h := fnv.New64a()
+		h.Write([]byte(m.Topic))
+		h.Write([]byte{0})
+		h.Write(m.Payload)
+		return m.SendID + ":" + strconv.FormatUint(h.Sum64(), 16)
 	case DedupeProperty:
 		name := d.Name
 		if name == "" {
@@ -94,6 +134,51 @@ func DedupeKey(m *Message, d Dedupe) string {
 		return hex.EncodeToString(h.Sum(nil)[:16])
 	}
 	return ""
+}
+
+// ScopedDedupeKey is the key the spool indexes: the scope, a hash of the
+// route and the sending client (protocol and client id), then the raw key
+// (a hash of it when it is long or not printable ASCII), so that two
+// devices whose counters collide never drop each other's messages, and a
+// route's keys never meet another route's.
+//
+// The scope comes first so that one client's keys sit side by side in the
+// spool's index: a client's consecutive packet ids then update a few index
+// pages per commit, where a hash of everything put each message's key on a
+// page of its own (the index was the largest cost of a spooled message).
+func ScopedDedupeKey(route string, src Source, raw string) string {
+	h := sha256.New()
+	for _, s := range [...]string{route, src.Protocol.String(), src.ClientID} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	var sum [sha256.Size]byte
+	scope := h.Sum(sum[:0])[:12]
+	if plainKey(raw) {
+		return hex.EncodeToString(scope) + "/" + raw
+	}
+	rh := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(scope) + "#" + hex.EncodeToString(rh[:16])
+}
+
+// maxPlainKey is the longest raw key ScopedDedupeKey keeps as it is.
+const maxPlainKey = 64
+
+// plainKey reports whether raw goes into the scoped key unhashed: short,
+// printable ASCII. Hashed ones are marked apart ('#' instead of '/'), so
+// that no raw key can equal another's hash.
+func plainKey(raw string) bool {
+	if len(raw) > maxPlainKey {
+		return false
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] < 0x20 || raw[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // jsonField returns the top-level field name of a JSON object as a string:
@@ -121,13 +206,19 @@ func jsonField(payload []byte, name string) string {
 	return string(raw)
 }
 
-// ParseDedupe parses a dedupe source as written in configuration: "none",
-// "hash", "property" / "property:NAME", "json:FIELD".
+// ParseDedupe parses a dedupe source as written in configuration:
+// "retransmit" (or "": the default), "none", "hash", "property" /
+// "property:NAME", "json:FIELD".
 func ParseDedupe(s string) (Dedupe, error) {
 	kind, name, _ := strings.Cut(s, ":")
 	switch kind {
-	case "", "none":
+	case "", "retransmit":
+		if name != "" {
+			return Dedupe{}, fmt.Errorf("dedupe %q: retransmit takes no name", s)
+		}
 		return Dedupe{}, nil
+	case "none":
+		return Dedupe{Kind: DedupeNone}, nil
 	case "hash":
 		return Dedupe{Kind: DedupeHash}, nil
 	case "property", "header":
@@ -138,5 +229,5 @@ func ParseDedupe(s string) (Dedupe, error) {
 		}
 		return Dedupe{Kind: DedupeJSON, Name: name}, nil
 	}
-	return Dedupe{}, fmt.Errorf("dedupe %q: want none, hash, property[:NAME] or json:FIELD", s)
+	return Dedupe{}, fmt.Errorf("dedupe %q: want retransmit, none, hash, property[:NAME] or json:FIELD", s)
 }

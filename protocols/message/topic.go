@@ -131,8 +131,19 @@ func splitDest(dest string) (DestKind, string, error) {
 // pass, so a swapped byte is never swapped back.
 var swapper = strings.NewReplacer("/", ".", ".", "/")
 
-// ValidateTopic checks a topic name for publishing, as MQTT defines it: not
-// empty, valid UTF-8 without NUL, at most MaxTopicLen bytes, no wildcards.
+// ValidateTopic checks a topic name for publishing: not empty, at most
+// MaxTopicLen bytes, no wildcards, well-formed UTF-8 without NUL (MQTT's
+// MUSTs, [MQTT-1.5.3-1] and -2), and none of the code points MQTT 3.1.1
+// §1.5.3 says a string SHOULD NOT hold and a receiver MAY close the
+// connection for: the control characters U+0001–U+001F and U+007F–U+009F
+// and the Unicode non-characters (U+FDD0–U+FDEF and the last two code points
+// of every plane, U+FFFE, U+FFFF, U+1FFFE … U+10FFFF). Mosquitto (2.0.11,
+// checked) closes the connection of a client that publishes any of them, so
+// a gateway that spooled one would take its own uplink down each time it
+// tried to forward it.
+//
+// The number of levels is not limited here: brokers differ (mosquitto takes
+// at most 201, AWS IoT Core 8), so that limit is configuration.
 func ValidateTopic(topic string) error {
 	if err := validateCommon(topic); err != nil {
 		return err
@@ -167,12 +178,33 @@ func validateCommon(t string) error {
 		return fmt.Errorf("%w: empty", ErrInvalidTopic)
 	case len(t) > MaxTopicLen:
 		return fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidTopic, len(t), MaxTopicLen)
-	case !utf8.ValidString(t):
-		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidTopic)
-	case strings.ContainsRune(t, 0):
-		return fmt.Errorf("%w: contains NUL", ErrInvalidTopic)
+	}
+	for i, r := range t {
+		switch {
+		case r == utf8.RuneError && isRuneError(t[i:]):
+			return fmt.Errorf("%w: not valid UTF-8 (byte %d)", ErrInvalidTopic, i)
+		case r == 0:
+			return fmt.Errorf("%w: contains NUL (byte %d)", ErrInvalidTopic, i)
+		case r <= 0x1f || (r >= 0x7f && r <= 0x9f):
+			return fmt.Errorf("%w: contains control character %U (byte %d), which MQTT brokers may refuse", ErrInvalidTopic, r, i)
+		case isNonCharacter(r):
+			return fmt.Errorf("%w: contains Unicode non-character %U (byte %d), which MQTT brokers may refuse", ErrInvalidTopic, r, i)
+		}
 	}
 	return nil
+}
+
+// isRuneError tells a real U+FFFD in s (fine) from an invalid byte, both of
+// which range decodes as utf8.RuneError.
+func isRuneError(s string) bool {
+	_, n := utf8.DecodeRuneInString(s)
+	return n == 1
+}
+
+// isNonCharacter reports the 66 Unicode non-characters: U+FDD0–U+FDEF and
+// U+nFFFE, U+nFFFF of each of the 17 planes.
+func isNonCharacter(r rune) bool {
+	return (r >= 0xfdd0 && r <= 0xfdef) || r&0xfffe == 0xfffe
 }
 
 // Match reports whether topic matches the MQTT filter. Topics starting with
