@@ -7,19 +7,42 @@
 //     caller in the tls.Config) and WebSocket (plain or TLS). Addresses are
 //     bound in Start, so ":0" works and Addr reports the port.
 //   - Authentication and ACLs through a message.Authorizer: CONNECT (including
-//     the will topic), every PUBLISH, every SUBSCRIBE and every delivery.
-//   - Ingest: inside mochi's OnPublish, which runs in the client's read
-//     goroutine before PUBACK/PUBREC is written, the hook builds a
-//     message.Message, applies the route and calls Sink.Accept with a bounded
-//     wait. The acknowledgement therefore leaves only after Accept returned
-//     nil, i.e. after the message is durable (G1).
+//     the will topic), every PUBLISH, every SUBSCRIBE and every delivery. A
+//     listener may name users by their verified client certificate
+//     (Listener.CertUsername): such a client logs in without a password. A
+//     client id belongs to the user whose session holds it: another user's
+//     CONNECT with it is refused (0x85 / 3.1.1: 0x02) rather than handed
+//     that session and its queued messages; a session inherited by its own
+//     user is checked against the user's current rights (OnSessionEstablish).
+//   - Before the login: at most MaxPending connections of all listeners
+//     (a new one closes the oldest), each with ConnectTimeout for its
+//     CONNECT and login, and a CONNECT of at most MaxConnectSize, refused
+//     from its fixed header before mochi allocates the body (inConn). Any
+//     packet must be complete ReadTimeout after its first byte, whatever
+//     the keepalive. MaxKeepalive caps the keepalive a client asks for
+//     (keepalive.go): MQTT 5 is told the cap as Server Keep Alive, MQTT
+//     3.1.1 over it (or with 0) is refused with 0x02, as Mosquitto does.
+//   - Ingest, pipelined: in mochi's OnPublish (the client's read goroutine)
+//     the hook checks the publish, builds a message.Message and submits it
+//     to the connection's ingest.Stream without waiting; mochi is told to
+//     do nothing more with it (ErrRejectPacket). The Stream answers in the
+//     client's order, each message after its own commit: PUBACK, or PUBREC
+//     with the QoS 2 flow put in mochi's inflight store so that PUBREL is
+//     answered by mochi. The acknowledgement therefore leaves only after
+//     the message is durable (G1), while up to MaxInflight messages of one
+//     client share group commits.
 //   - Limits, each with a clear answer and a counter in Stats: connections,
 //     packet size, per-client publish rate, topic length and levels, topic
 //     validity ($SYS, bad UTF-8, wildcards).
-//   - Local fan-out: mochi delivers to local MQTT subscribers; accepted
-//     messages are also handed to Options.Local (the gateway wires it to
-//     STOMP). PublishLocal injects messages from elsewhere (STOMP, upstream
-//     commands) to MQTT subscribers without sending them to the Sink again.
+//   - Local fan-out, after the commit and off the publisher's path: the
+//     ingest core delivers every accepted message (MQTT, STOMP, upstream
+//     commands) through PublishLocal, retained when it was published
+//     retained, in the publisher's name (so MQTT 5 No Local holds). Writes
+//     to a client never block the writer (outConn): a subscriber that stops
+//     reading is disconnected after WriteTimeout, when WriteBuffer fills, or
+//     with SubscriberQueue QoS 1/2 deliveries unacknowledged (counted in
+//     Stats.SlowConsumers); QoS 0 messages beyond mochi's queue are dropped
+//     for it (Stats.SubscriberDrops).
 //
 // # Answers
 //
@@ -29,23 +52,25 @@
 //	spool full          PUBACK 0x97         DISCONNECT 0x97       close                dropped, counted
 //	rate / quota        PUBACK 0x97         DISCONNECT 0x97       close                dropped, counted
 //	timeout (busy)      PUBACK 0x97         DISCONNECT 0x89       close                dropped, counted
-//	ACL denies topic    PUBACK 0x87         PUBREC 0x87 (mochi)   DISCONNECT, close    dropped, counted
+//	ACL denies topic    PUBACK 0x87         PUBREC 0x87           close                dropped, counted
 //	too large / other   PUBACK 0x83         DISCONNECT 0x95/0x83  close                dropped, counted
 //	shutting down       DISCONNECT 0x8B     DISCONNECT 0x8B       close                dropped, counted
 //	invalid topic       DISCONNECT 0x90     DISCONNECT 0x90       close                DISCONNECT 0x90 / close
 //
-// (The ACL row is mochi's own answer: it checks OnACLCheck before OnPublish.
-// A Sink returning message.ErrNotAuthorized gets PUBACK 0x87 / DISCONNECT
-// 0x87 / close.)
+// The ACL is checked in OnPublish, after a topic alias has been resolved.
+// A Sink returning message.ErrNotAuthorized gets the same answers.
 //
-// A 3.1.1 client cannot be told "no" in a PUBACK, and mochi acknowledges and
-// delivers a message whose hook returned a reason code to such a client, so
-// the hook returns packets.ErrRejectPacket (no ack, no delivery, not
-// retained) and closes the connection: the device keeps the message and
-// sends it again after reconnecting. mochi answers QoS 2 with a PUBACK when a
-// hook returns a reason code, so QoS 2 failures also take the
-// ErrRejectPacket-and-disconnect path. A rejected message never reaches local
-// subscribers, neither MQTT nor (through Options.Local) STOMP.
+// Answers leave in the client's order. A refusal whose answer ends the
+// connection waits for the answers to the client's earlier messages and
+// stops the reading, so nothing sent after it is stored. After a refusal
+// that is not about the message itself (full, rate, timeout, shutting
+// down), the messages the client had in flight behind it are withdrawn
+// (not stored) and answered as refused too: the device sends the refused
+// one again, and nothing it sent after it may be stored first (G3).
+//
+// A 3.1.1 client cannot be told "no" in a PUBACK, so it is disconnected: it
+// keeps the message and sends it again after reconnecting. A refused
+// message never reaches local subscribers, of any protocol.
 //
 // Oversized packets are refused by mochi while reading the fixed header,
 // before the body is allocated; the connection is closed (MQTT 5 clients are
@@ -55,18 +80,21 @@
 //
 // # What never reaches the Sink
 //
-// $SYS topics (a client publishing to $SYS is disconnected; mochi's own $SYS
-// updates bypass OnPublish), messages injected with PublishLocal (they come
-// from the inline client), routes marked LocalOnly and QoS 0 messages on
-// routes with message.QoS0Drop (these two are delivered locally only).
+// $SYS topics and topics whose first level is $share (a client publishing
+// to them is disconnected as for any invalid topic: mochi would drop them
+// silently; mochi's own $SYS updates bypass OnPublish), messages injected with PublishLocal (they come
+// from an inline client), routes marked LocalOnly and QoS 0 messages on
+// routes with message.QoS0Drop while the upstream link is down (these two
+// are delivered locally only, in order with the others).
 // Duplicates are the Sink's business: it returns nil for them and the device
 // gets its acknowledgement.
 //
 // # Wills
 //
-// Wills go through the same path in OnWillSent, which mochi calls after it
-// delivered the will to local subscribers; a will the Sink refuses is
-// therefore counted and logged but cannot be taken back locally. Wills
+// Wills go through the ingest core in OnWillSent (not fanned out again),
+// which mochi calls after it delivered the will to local subscribers; a
+// will the Sink refuses is therefore counted and logged but cannot be taken
+// back locally. Wills
 // triggered by our own shutdown are not spooled (the Sink is being closed).
 // A delayed will (MQTT 5 Will Delay Interval) of a clean-session client is
 // delivered locally by mochi but never reaches OnWillSent, so it is not
@@ -75,21 +103,25 @@
 //
 // # Concurrency
 //
-// mochi runs one read goroutine per client; OnPublish blocks that goroutine
-// while Accept runs, which serialises one client's publishes: a single
-// client's QoS 1 rate is about 1 / commit latency. Group commit in the spool
-// helps across clients only. The wait is bounded by Options.AcceptTimeout and
-// by three quarters of the client's keepalive, so that a slow spool never
+// mochi runs one read goroutine per client; the hook only submits there.
+// Each connection's ingest.Stream has a goroutine that waits for the
+// commits in order and writes the answers; writes to a socket go to that
+// connection's outConn buffer and one flusher goroutine. A client with
+// MaxInflight messages pending is not read until the oldest is answered
+// (MQTT 5 clients are told MaxInflight as Receive Maximum and disconnected
+// with 0x93 past it). Each message's wait is bounded by AcceptTimeout and by
+// three quarters of the client's keepalive, so that a slow spool never
 // makes a device miss its PINGRESP.
 //
 // MaxConnections counts established sessions; a client that reconnects
 // while its old, half-open connection still counts may be refused until
 // that one times out (1.5 × keepalive).
 //
-// Messages handed to the Sink and to Options.Local share their payload with
-// mochi's local delivery: receivers must not modify them.
+// Messages handed to the Sink and to the local publishers share their
+// payload: receivers must not modify them.
 //
-// Close cancels every pending Accept with message.ErrShuttingDown first, and
-// only then calls mochi's Close (exactly once), which waits for the client
-// goroutines. Stats, PublishLocal and Addr are safe for concurrent use.
+// Close fails every pending message with message.ErrShuttingDown first
+// (their clients get no acknowledgement), and only then calls mochi's Close
+// (exactly once), which waits for the client goroutines. Stats, PublishLocal
+// and Addr are safe for concurrent use.
 package mqtt

@@ -11,115 +11,38 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/goleak"
 
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/internal/testkit/recsink"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
+
+// guard is the hang guard of every wait in these tests: testkit's default
+// bound, scaled by FERRY_TEST_TIMEOUT_SCALE. Reaching it means a hang.
+func guard() time.Duration { return testkit.Timeout(testkit.DefaultWait) }
+
+// testKeepalive is the MQTT keepalive of the test clients (seconds): long
+// enough that neither mochi's keepalive deadline (1.5 × it) nor the server's
+// cap on an Accept wait (3/4 of it) can fall inside a hang guard, so that a
+// loaded machine never ends a connection or an Accept that a test holds open.
+func testKeepalive() uint16 { return uint16(min(40000, max(3600, 4*guard().Seconds()))) }
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		runDurabilityChild() // never returns
 	}
+	if os.Getenv(stateChildEnv) != "" {
+		runStateChild() // never returns
+	}
 	goleak.VerifyTestMain(m)
-}
-
-// recSink records accepted messages. err, when set, decides the answer;
-// block, when set, makes Accept wait for it to be closed (or ctx).
-type recSink struct {
-	mu      sync.Mutex
-	msgs    []*message.Message
-	calls   int
-	err     func(m *message.Message) error
-	block   chan struct{}
-	entered chan struct{} // receives once per Accept call, if not nil
-	ctxErr  chan error    // receives context.Cause when ctx ends a blocked Accept
-}
-
-func (s *recSink) Accept(ctx context.Context, m *message.Message) error {
-	s.mu.Lock()
-	s.calls++
-	block, errf, entered := s.block, s.err, s.entered
-	s.mu.Unlock()
-	if entered != nil {
-		entered <- struct{}{}
-	}
-	if block != nil {
-		select {
-		case <-block:
-		case <-ctx.Done():
-			if s.ctxErr != nil {
-				s.ctxErr <- context.Cause(ctx)
-			}
-			return ctx.Err()
-		}
-	}
-	if errf != nil {
-		if err := errf(m); err != nil {
-			return err
-		}
-	}
-	s.mu.Lock()
-	s.msgs = append(s.msgs, m)
-	s.mu.Unlock()
-	return nil
-}
-
-func (s *recSink) messages() []*message.Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]*message.Message(nil), s.msgs...)
-}
-
-func (s *recSink) setErr(f func(*message.Message) error) {
-	s.mu.Lock()
-	s.err = f
-	s.mu.Unlock()
-}
-
-func (s *recSink) callCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
-
-// waitMessages waits until the sink holds n messages and returns them.
-func (s *recSink) waitMessages(t *testing.T, n int) []*message.Message {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		msgs := s.messages()
-		if len(msgs) >= n {
-			return msgs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sink has %d messages, want %d", len(msgs), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// localRec is a LocalPublisher that records.
-type localRec struct {
-	mu   sync.Mutex
-	msgs []*message.Message
-}
-
-func (l *localRec) PublishLocal(m *message.Message) {
-	l.mu.Lock()
-	l.msgs = append(l.msgs, m)
-	l.mu.Unlock()
-}
-
-func (l *localRec) messages() []*message.Message {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]*message.Message(nil), l.msgs...)
 }
 
 // testAuth: users with passwords, optional anonymous access, and topic
@@ -131,7 +54,14 @@ type testAuth struct {
 	denySub   []string
 }
 
-func (a *testAuth) Authenticate(user, pass string, hasPass bool) error {
+func (a *testAuth) Authenticate(_ context.Context, l message.Login) error {
+	user, pass, hasPass := l.Username, l.Password, l.HasPassword
+	if l.Certified {
+		if _, ok := a.users[user]; ok {
+			return nil
+		}
+		return fmt.Errorf("%w: unknown certificate user", message.ErrNotAuthorized)
+	}
 	if user == "" && !hasPass {
 		if a.anonymous {
 			return nil
@@ -169,15 +99,46 @@ func testLogger(testing.TB) *slog.Logger {
 	return nil
 }
 
+// testOptions are the server's Options plus what a test wires into the
+// ingest core the server gets (Options.Ingest is built from them).
+type testOptions struct {
+	Options
+	Sink   message.Sink           // nil: a new recsink.Sink
+	Router message.Router         // nil: every topic spooled
+	Local  message.LocalPublisher // also receives the fan-out, besides the server itself
+	LinkUp func() bool
+}
+
+// newCore builds the ingest core of a test around sink.
+func newCore(t testing.TB, o testOptions) *ingest.Core {
+	t.Helper()
+	core, err := ingest.New(ingest.Options{Sink: o.Sink, Router: o.Router, LinkUp: o.LinkUp, Timeout: guard(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Local != nil {
+		core.AddLocal(o.Local)
+	}
+	t.Cleanup(core.Close)
+	return core
+}
+
 // startServer starts a server with one TCP listener named "tcp" on a free
 // loopback port (unless opts has listeners); missing Sink and Auth default
-// to a new recSink and AllowAll. It is closed in Cleanup.
-func startServer(t testing.TB, opts Options) (*Server, *recSink) {
+// to a new recsink.Sink and AllowAll, missing AcceptTimeout and ConnectTimeout to
+// the hang guard (the defaults, 5s and 10s, are short enough for a loaded
+// machine to reach while a test holds an Accept open or dials). It is closed
+// in Cleanup.
+func startServer(t testing.TB, to testOptions) (*Server, *recsink.Sink) {
 	t.Helper()
-	sink, _ := opts.Sink.(*recSink)
-	if opts.Sink == nil {
-		sink = &recSink{}
-		opts.Sink = sink
+	sink, _ := to.Sink.(*recsink.Sink)
+	if to.Sink == nil {
+		sink = &recsink.Sink{}
+		to.Sink = sink
+	}
+	opts := to.Options
+	if opts.Ingest == nil {
+		opts.Ingest = newCore(t, to)
 	}
 	if opts.Auth == nil {
 		opts.Auth = message.AllowAll{}
@@ -188,6 +149,12 @@ func startServer(t testing.TB, opts Options) (*Server, *recSink) {
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
+	if opts.AcceptTimeout == 0 {
+		opts.AcceptTimeout = guard()
+	}
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = guard()
+	}
 	s, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -196,10 +163,12 @@ func startServer(t testing.TB, opts Options) (*Server, *recSink) {
 		t.Fatalf("Start: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), guard())
 		defer cancel()
 		if err := s.Close(ctx); err != nil {
-			t.Errorf("Close: %v", err)
+			// A hang: every goroutine's stack says who holds mochi's Close.
+			buf := make([]byte, 4<<20)
+			t.Errorf("Close: %v\ngoroutines:\n%s", err, buf[:runtime.Stack(buf, true)])
 		}
 	})
 	return s, sink
@@ -225,7 +194,7 @@ func pahoConnect(addr, id string, tweak func(*paho.ClientOptions)) (paho.Client,
 	lost := make(chan error, 1)
 	o := paho.NewClientOptions().AddBroker(addr).SetClientID(id).
 		SetAutoReconnect(false).SetConnectRetry(false).SetCleanSession(true).
-		SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second).
+		SetConnectTimeout(guard()).SetKeepAlive(time.Duration(testKeepalive()) * time.Second).
 		SetProtocolVersion(4). // no silent fallback to 3.1 after a refusal
 
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
@@ -239,8 +208,8 @@ func pahoConnect(addr, id string, tweak func(*paho.ClientOptions)) (paho.Client,
 	}
 	c := paho.NewClient(o)
 	tok := c.Connect()
-	if !tok.WaitTimeout(10 * time.Second) {
-		return nil, nil, errors.New("connect timed out")
+	if !tok.WaitTimeout(guard()) {
+		return nil, nil, errors.New("hang guard: connect not answered")
 	}
 	if err := tok.Error(); err != nil {
 		return nil, nil, err
@@ -254,12 +223,14 @@ func subscribe(t *testing.T, c paho.Client, filter string, qos byte) chan paho.M
 	t.Helper()
 	ch := make(chan paho.Message, 100)
 	tok := c.Subscribe(filter, qos, func(_ paho.Client, m paho.Message) { ch <- m })
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if !tok.WaitTimeout(guard()) || tok.Error() != nil {
 		t.Fatalf("subscribe %s: %v", filter, tok.Error())
 	}
 	return ch
 }
 
+// expectNone checks that nothing arrives on ch for d. d only lets a wrong
+// delivery show up: a slow machine can make the check weaker, never fail it.
 func expectNone(t *testing.T, ch chan paho.Message, d time.Duration) {
 	t.Helper()
 	select {
@@ -274,31 +245,53 @@ func expectMessage(t *testing.T, ch chan paho.Message) paho.Message {
 	select {
 	case m := <-ch:
 		return m
-	case <-time.After(5 * time.Second):
-		t.Fatal("no message within 5s")
+	case <-time.After(guard()):
+		t.Fatalf("hang guard: no message after %v", guard())
 		return nil
 	}
 }
 
+// expectLost waits (hang guard) for the connection-lost report of a paho
+// client.
+func expectLost(t *testing.T, lost chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-lost:
+		t.Logf("disconnected: %v", err)
+	case <-time.After(guard()):
+		t.Fatalf("hang guard: %s after %v", what, guard())
+	}
+}
+
+// expectNotAcked checks that tok, a QoS 1/2 publish whose connection is or
+// is being lost, ended with an error rather than an ack. paho (clean
+// session, no reconnect) fails every pending token when it notices the
+// loss, before it reports the loss, so the wait is a hang guard only.
+func expectNotAcked(t *testing.T, tok paho.Token, what string) {
+	t.Helper()
+	if !tok.WaitTimeout(guard()) {
+		t.Fatalf("hang guard: %s: token neither acked nor failed after %v", what, guard())
+	}
+	if tok.Error() == nil {
+		t.Fatalf("%s was acknowledged", what)
+	}
+}
+
+// waitFor waits for cond with the hang guard.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Wait(t, what, cond)
 }
 
 // --- a minimal hand-written MQTT client, for what paho (3.1.1 only) cannot
 // do: MQTT 5 reason codes, raw bad packets, exact timing of acks.
 
 type rawConn struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
-	v5 bool
+	t       *testing.T
+	c       net.Conn
+	br      *bufio.Reader
+	v5      bool
+	connack []byte // the CONNACK's body
 }
 
 type rawPacket struct {
@@ -336,16 +329,24 @@ type connectOpts struct {
 	user, pass         string
 	willTopic, willMsg string
 	keepalive          uint16
+	zeroKeepalive      bool // keepalive 0 (keepalive 0 means testKeepalive)
 }
 
 // dialRaw connects and sends CONNECT; it returns the connection and the
 // CONNACK reason code.
 func dialRaw(t *testing.T, addr, id string, o connectOpts) (*rawConn, byte) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, guard())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
+	return connectOn(t, c, id, o)
+}
+
+// connectOn sends CONNECT on c (a socket or a pipe) and returns the client
+// and the CONNACK reason code. c is closed in Cleanup.
+func connectOn(t *testing.T, c net.Conn, id string, o connectOpts) (*rawConn, byte) {
+	t.Helper()
 	t.Cleanup(func() { _ = c.Close() })
 	rc := &rawConn{t: t, c: c, br: bufio.NewReader(c), v5: o.v5}
 	var flags byte = 0x02 // clean session / clean start
@@ -353,8 +354,8 @@ func dialRaw(t *testing.T, addr, id string, o connectOpts) (*rawConn, byte) {
 	if o.v5 {
 		ver = 5
 	}
-	if o.keepalive == 0 {
-		o.keepalive = 30
+	if o.keepalive == 0 && !o.zeroKeepalive {
+		o.keepalive = testKeepalive()
 	}
 	body := append(mqttString("MQTT"), ver, 0, 0, 0)
 	payload := mqttString(id)
@@ -380,13 +381,14 @@ func dialRaw(t *testing.T, addr, id string, o connectOpts) (*rawConn, byte) {
 		body = append(body, 0) // no properties
 	}
 	rc.write(packet(0x10, append(body, payload...)))
-	p, err := rc.read(5 * time.Second)
+	p, err := rc.read(guard())
 	if err != nil {
 		t.Fatalf("read CONNACK: %v", err)
 	}
 	if p.typ != 2 || len(p.body) < 2 {
 		t.Fatalf("want CONNACK, got type %d body %x", p.typ, p.body)
 	}
+	rc.connack = p.body
 	return rc, p.body[1]
 }
 
@@ -418,16 +420,22 @@ func (rc *rawConn) publish(topic string, payload []byte, qos byte, id uint16, pr
 	rc.write(packet(0x30|qos<<1, append(body, payload...)))
 }
 
-// read reads one packet, waiting at most d.
+// read reads one packet, waiting at most d (a hang guard, or the short wait
+// of a check that nothing is sent).
 func (rc *rawConn) read(d time.Duration) (rawPacket, error) {
 	_ = rc.c.SetReadDeadline(time.Now().Add(d))
-	first, err := rc.br.ReadByte()
+	return readPacket(rc.br)
+}
+
+// readPacket reads one MQTT packet.
+func readPacket(br *bufio.Reader) (rawPacket, error) {
+	first, err := br.ReadByte()
 	if err != nil {
 		return rawPacket{}, err
 	}
 	n, mul := 0, 1
 	for i := 0; ; i++ {
-		b, err := rc.br.ReadByte()
+		b, err := br.ReadByte()
 		if err != nil {
 			return rawPacket{}, err
 		}
@@ -441,7 +449,7 @@ func (rc *rawConn) read(d time.Duration) (rawPacket, error) {
 		}
 	}
 	body := make([]byte, n)
-	if _, err := io.ReadFull(rc.br, body); err != nil {
+	if _, err := io.ReadFull(br, body); err != nil {
 		return rawPacket{}, err
 	}
 	return rawPacket{typ: first >> 4, flags: first & 0x0f, body: body}, nil
@@ -451,7 +459,7 @@ func (rc *rawConn) read(d time.Duration) (rawPacket, error) {
 // returns the reason code (0 when the packet has none).
 func (rc *rawConn) ack(typ byte, id uint16) byte {
 	rc.t.Helper()
-	p, err := rc.read(5 * time.Second)
+	p, err := rc.read(guard())
 	if err != nil {
 		rc.t.Fatalf("read ack: %v", err)
 	}
@@ -470,11 +478,11 @@ func (rc *rawConn) expectClosed() int {
 	rc.t.Helper()
 	code := -1
 	for {
-		p, err := rc.read(5 * time.Second)
+		p, err := rc.read(guard())
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				rc.t.Fatal("connection still open after 5s")
+				rc.t.Fatalf("hang guard: connection still open after %v", guard())
 			}
 			return code
 		}
@@ -540,7 +548,7 @@ func (rc *rawConn) subscribe(filter string, qos byte, id uint16) byte {
 	body = append(body, mqttString(filter)...)
 	body = append(body, qos)
 	rc.write(packet(0x82, body))
-	p, err := rc.read(5 * time.Second)
+	p, err := rc.read(guard())
 	if err != nil {
 		rc.t.Fatalf("read SUBACK: %v", err)
 	}

@@ -3,9 +3,12 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
@@ -24,21 +28,55 @@ type hook struct {
 	mochi.HookBase
 	ms    *mochi.Server
 	opts  *Options
+	core  *ingest.Core
 	log   *slog.Logger
 	stats counters
+	// refusals rate-limits the Info lines about denied and bad publishes
+	// and packets; stats counts every one.
+	refusals ingest.RefusalLimiter
 
-	// base is the parent of every Accept context; Close cancels it with
-	// message.ErrShuttingDown so that pending waits end before mochi's Close
-	// waits for the client goroutines.
-	base    context.Context
-	cancel  context.CancelCauseFunc
 	closing atomic.Bool
+	// base is the parent of every Stream: Close cancels it with
+	// message.ErrShuttingDown, failing what is pending before mochi's
+	// Close waits for the client goroutines.
+	base   context.Context
+	cancel context.CancelCauseFunc
 
-	limiters sync.Map // *mochi.Client → *rate.Limiter, only with PublishRate > 0
+	sessions sync.Map // *mochi.Client → *session, from OnSessionEstablished to OnDisconnect
+
+	// claims holds, per client id, the client whose CONNECT was admitted
+	// and whose session is not yet in mochi's registry: with the registry
+	// it tells which user holds a client id (see ownerOf).
+	claimMu sync.Mutex
+	claims  map[string]*mochi.Client
+}
+
+// session is the ingest state of one connection.
+type session struct {
+	cl      *mochi.Client
+	stream  *ingest.Stream
+	limiter *rate.Limiter // nil without PublishRate
+
+	// unacked counts the client's QoS 1/2 publishes we have not completed:
+	// submitted and not yet answered, and QoS 2 ones answered with PUBREC
+	// whose PUBREL has not come. An MQTT 5 client may have at most
+	// Receive Maximum of them.
+	unacked atomic.Int32
+
+	mu      sync.Mutex
+	pending map[uint16]struct{} // packet ids submitted and not yet answered
+}
+
+// pubTag is what the answer needs to know about a publish.
+type pubTag struct {
+	id      uint16
+	qos     byte
+	counted bool          // in session.pending and session.unacked
+	done    chan struct{} // closed after the answer; nil: nobody waits for it
 }
 
 func newHook(s *Server) *hook {
-	h := &hook{ms: s.ms, opts: &s.opts, log: s.log}
+	h := &hook{ms: s.ms, opts: &s.opts, core: s.opts.Ingest, log: s.log, claims: map[string]*mochi.Client{}}
 	h.base, h.cancel = context.WithCancelCause(context.Background())
 	return h
 }
@@ -53,21 +91,23 @@ func (h *hook) ID() string { return "ferry" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnSessionEstablished, mochi.OnDisconnect,
+	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnSessionEstablish, mochi.OnSessionEstablished, mochi.OnDisconnect,
 		mochi.OnACLCheck, mochi.OnSubscribe, mochi.OnPacketRead, mochi.OnPacketEncode,
-		mochi.OnPublish, mochi.OnPublishDropped, mochi.OnWillSent:
+		mochi.OnPublish, mochi.OnPublishDropped, mochi.OnWillSent, mochi.OnQosComplete, mochi.OnQosDropped,
+		mochi.OnQosPublish:
 		return true
 	}
 	return false
 }
 
 // OnConnect admits or refuses a client: shutdown, connection cap,
-// credentials, will topic and will ACL. It answers with its own CONNACK so
-// that each refusal has the right code for the protocol version and is
-// counted; mochi's OnConnectAuthenticate then only confirms.
+// credentials (or the client certificate's user), the owner of the client
+// id, will topic and will ACL. It answers with its own CONNACK so that each
+// refusal has the right code for the protocol version and is counted;
+// mochi's OnConnectAuthenticate then only confirms.
 func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 	user := string(pk.Connect.Username)
-	refuse := func(r Reason, v5, v3 packets.Code, err error) error {
+	refuse := func(r ingest.Reason, v5, v3 packets.Code, err error) error {
 		h.stats.refused[r].Add(1)
 		h.log.Info("mqtt connection refused", "client_id", cl.ID, "user", user, "remote", cl.Net.Remote,
 			"listener", cl.Net.Listener, "reason", r.String(), "err", err)
@@ -79,49 +119,215 @@ func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
 		return fmt.Errorf("mqtt: connect %s refused: %w", cl.ID, err)
 	}
 	if h.closing.Load() {
-		return refuse(ReasonShuttingDown, packets.ErrServerUnavailable, packets.Err3ServerUnavailable, message.ErrShuttingDown)
+		return refuse(ingest.ReasonShuttingDown, packets.ErrServerUnavailable, packets.Err3ServerUnavailable, message.ErrShuttingDown)
 	}
 	if limit := h.opts.MaxConnections; limit > 0 && atomic.LoadInt64(&h.ms.Info.ClientsConnected) >= int64(limit) {
-		return refuse(ReasonQuota, packets.ErrServerBusy, packets.Err3ServerUnavailable,
+		return refuse(ingest.ReasonQuota, packets.ErrServerBusy, packets.Err3ServerUnavailable,
 			fmt.Errorf("%w: %d connections", message.ErrQuotaExceeded, limit))
 	}
-	if err := h.opts.Auth.Authenticate(user, string(pk.Connect.Password), pk.Connect.PasswordFlag); err != nil {
-		if user == "" && !pk.Connect.PasswordFlag {
-			return refuse(ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized, err)
+	if err := h.capKeepalive(cl); err != nil {
+		return refuse(ingest.ReasonProtocol, packets.ErrUnspecifiedError, packets.Err3ClientIdentifierNotValid, err)
+	}
+	login := message.Login{Username: user, Password: string(pk.Connect.Password), HasPassword: pk.Connect.PasswordFlag,
+		Remote: cl.Net.Remote, Protocol: message.ProtoMQTT}
+	ctx := h.base
+	if oc, ok := cl.Net.Conn.(*outConn); ok && oc.login != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(oc.login.pending.Context(), oc.login.deadline)
+		defer cancel()
+		name, ok, err := certUser(cl.Net.Conn, oc.login.certUsername)
+		switch {
+		case err != nil:
+			return refuse(ingest.ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized, err)
+		case ok && user != "" && user != name:
+			return refuse(ingest.ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized,
+				fmt.Errorf("%w: username %q is not the certificate's %q", message.ErrNotAuthorized, user, name))
+		case ok:
+			user = name
+			login = message.Login{Username: name, Certified: true, Remote: cl.Net.Remote, Protocol: message.ProtoMQTT}
+			cl.Properties.Username = []byte(name)
 		}
-		return refuse(ReasonNotAuthorized, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword, err)
+	}
+	if err := h.opts.Auth.Authenticate(ctx, login); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return refuse(ingest.ReasonTimeout, packets.ErrServerBusy, packets.Err3ServerUnavailable, err)
+		}
+		if user == "" && !pk.Connect.PasswordFlag {
+			return refuse(ingest.ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized, err)
+		}
+		return refuse(ingest.ReasonNotAuthorized, packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword, err)
 	}
 	if pk.Connect.WillFlag {
 		topic := pk.Connect.WillTopic
 		if err := h.checkTopic(topic); err != nil {
-			return refuse(ReasonInvalidTopic, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized, fmt.Errorf("will: %w", err))
+			return refuse(ingest.ReasonInvalidTopic, packets.ErrTopicNameInvalid, packets.Err3NotAuthorized, fmt.Errorf("will: %w", err))
 		}
 		if !h.opts.Auth.CanPublish(user, cl.ID, topic) {
-			return refuse(ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized,
+			return refuse(ingest.ReasonNotAuthorized, packets.ErrNotAuthorized, packets.Err3NotAuthorized,
 				fmt.Errorf("will topic %q: %w", topic, message.ErrNotAuthorized))
 		}
 	}
+	if !h.claim(cl, user) {
+		// Taking the id over would hand this user the other one's session
+		// (its subscriptions and queued messages) and disconnect it.
+		return refuse(ingest.ReasonNotAuthorized, packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid,
+			fmt.Errorf("%w: client id %q is in use by another user", message.ErrNotAuthorized, cl.ID))
+	}
 	return nil
+}
+
+// certUser returns the user named by the verified client certificate of
+// c, if the listener maps certificates to users and the client sent one.
+func certUser(c net.Conn, name func(*x509.Certificate) (string, error)) (string, bool, error) {
+	if name == nil {
+		return "", false, nil
+	}
+	cs, ok := connState(c)
+	if !ok || len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return "", false, nil
+	}
+	u, err := name(cs.PeerCertificates[0])
+	if err != nil {
+		return "", false, fmt.Errorf("%w: client certificate: %w", message.ErrNotAuthorized, err)
+	}
+	return u, true, nil
+}
+
+// claim records that user is taking client id cl.ID and reports whether
+// it may: no session of another user holds the id, connected or kept for
+// a clean=false client, and no other user's CONNECT for it is being
+// admitted. The claim ends when the session is established (mochi's
+// registry knows it then) or the connection closes.
+func (h *hook) claim(cl *mochi.Client, user string) bool {
+	h.claimMu.Lock()
+	defer h.claimMu.Unlock()
+	if c, ok := h.claims[cl.ID]; ok && c != cl && !c.Closed() && string(c.Properties.Username) != user {
+		return false
+	}
+	if ex, ok := h.ms.Clients.Get(cl.ID); ok && ex != cl && string(ex.Properties.Username) != user {
+		return false
+	}
+	h.claims[cl.ID] = cl
+	return true
+}
+
+func (h *hook) unclaim(cl *mochi.Client) {
+	h.claimMu.Lock()
+	if h.claims[cl.ID] == cl {
+		delete(h.claims, cl.ID)
+	}
+	h.claimMu.Unlock()
+}
+
+// OnSessionEstablish runs before mochi hands cl the session its client id
+// left (clean=false): what the session holds is checked against the
+// user's rights now (a reload may have changed them): subscriptions it may
+// no longer have are dropped, and so are queued deliveries on topics it may
+// no longer read.
+func (h *hook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
+	ex, ok := h.ms.Clients.Get(cl.ID)
+	if !ok || ex == cl {
+		return
+	}
+	user := string(cl.Properties.Username)
+	if string(ex.Properties.Username) != user {
+		// Only reachable if claim was bypassed: inherit nothing.
+		h.log.Warn("mqtt session of another user not inherited", "client_id", cl.ID, "user", user)
+		h.ms.UnsubscribeClient(ex)
+		ex.ClearInflights()
+		return
+	}
+	for _, sub := range ex.State.Subscriptions.GetAll() {
+		if !h.opts.Auth.CanSubscribe(user, cl.ID, shareless(sub.Filter)) {
+			ex.State.Subscriptions.Delete(sub.Filter)
+			if h.ms.Topics.Unsubscribe(sub.Filter, ex.ID) {
+				atomic.AddInt64(&h.ms.Info.Subscriptions, -1)
+			}
+			h.stats.subscribeDenied.Add(1)
+			h.log.Info("mqtt session subscription dropped: no longer allowed", "client_id", cl.ID, "user", user, "topic", sub.Filter)
+		}
+	}
+	for _, pk := range ex.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish && !h.opts.Auth.CanSubscribe(user, cl.ID, pk.TopicName) {
+			if ex.State.Inflight.Delete(pk.PacketID) {
+				atomic.AddInt64(&h.ms.Info.Inflight, -1)
+			}
+		}
+	}
 }
 
 // OnConnectAuthenticate confirms what OnConnect decided (mochi denies when
 // no hook provides this).
 func (h *hook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
 
-func (h *hook) OnSessionEstablished(*mochi.Client, packets.Packet) { h.stats.connections.Add(1) }
-
-// OnACLCheck authorises a publish (write) or a subscription or delivery.
-func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
-	user := string(cl.Properties.Username)
-	if write {
-		if h.opts.Auth.CanPublish(user, cl.ID, topic) {
-			return true
-		}
-		h.stats.rejected[ReasonNotAuthorized].Add(1)
-		h.log.Debug("mqtt publish not authorized", "client_id", cl.ID, "user", user, "topic", topic)
-		return false
+// OnSessionEstablished opens the connection's ingest Stream. mochi calls it
+// after CONNACK and before it reads the first packet.
+func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	h.unclaim(cl)
+	if oc, ok := cl.Net.Conn.(*outConn); ok && oc.login != nil {
+		oc.login.established.Store(true)
+		oc.login.pending.Done()
 	}
-	return h.opts.Auth.CanSubscribe(user, cl.ID, shareless(topic))
+	h.stats.connections.Add(1)
+	ss := &session{cl: cl, pending: map[uint16]struct{}{}}
+	if h.opts.PublishRate > 0 {
+		ss.limiter = rate.NewLimiter(rate.Limit(h.opts.PublishRate), h.opts.PublishBurst)
+	}
+	ss.stream = h.core.NewStream(h.base, h.opts.MaxInflight, func(t *ingest.Ticket, out ingest.Outcome) { h.answer(ss, t, out) })
+	h.sessions.Store(cl, ss)
+}
+
+// OnDisconnect closes the Stream (what is still pending is withdrawn: the
+// device will send it again) and counts the packets mochi refused while
+// reading (they end the connection before any hook sees them).
+func (h *hook) OnDisconnect(cl *mochi.Client, err error, _ bool) {
+	h.unclaim(cl)
+	if v, ok := h.sessions.LoadAndDelete(cl); ok {
+		v.(*session).stream.Close()
+	}
+	var code packets.Code
+	var r ingest.Reason
+	switch {
+	case err == nil || errors.Is(err, packets.ErrRejectPacket):
+		return // normal, or already counted by us
+	case errors.Is(err, errSlowConsumer):
+		return // counted where it was found
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		r = ingest.ReasonTooLarge
+	case errors.Is(err, errPacketTimeout):
+		r = ingest.ReasonReadTimeout
+	case errors.Is(err, packets.ErrMalformedTopic), errors.Is(err, packets.ErrProtocolViolationSurplusWildcard),
+		errors.Is(err, packets.ErrProtocolViolationNoTopic), errors.Is(err, packets.ErrTopicAliasInvalid):
+		r = ingest.ReasonInvalidTopic
+	case errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code || code.Code == packets.ErrProtocolViolation.Code):
+		r = ingest.ReasonMalformed
+	default:
+		return
+	}
+	h.stats.rejected[r].Add(1)
+	// mochi refuses the packet while reading it: no topic is known.
+	if ok, n := h.refusals.Allow(r); ok {
+		h.log.Info("mqtt client dropped for a bad packet", "client_id", cl.ID, "user", string(cl.Properties.Username),
+			"remote", cl.Net.Remote, "reason", r.String(), "suppressed", n, "err", err)
+	}
+}
+
+func (h *hook) session(cl *mochi.Client) *session {
+	if v, ok := h.sessions.Load(cl); ok {
+		return v.(*session)
+	}
+	return nil
+}
+
+// OnACLCheck authorises a subscription or a delivery. Publishes (write)
+// pass here and are checked in OnPublish instead, where a topic alias has
+// been resolved and a refusal can wait for the answers of the client's
+// earlier messages (mochi's own refusal disconnects at once).
+func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	if write {
+		return true
+	}
+	return h.opts.Auth.CanSubscribe(string(cl.Properties.Username), cl.ID, shareless(topic))
 }
 
 // OnSubscribe only counts: mochi asks OnACLCheck per filter and answers
@@ -131,7 +337,9 @@ func (h *hook) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
 	for _, f := range pk.Filters {
 		if !h.opts.Auth.CanSubscribe(user, cl.ID, shareless(f.Filter)) {
 			h.stats.subscribeDenied.Add(1)
-			h.log.Debug("mqtt subscribe not authorized", "client_id", cl.ID, "user", user, "topic", f.Filter)
+			if ok, n := h.refusals.Allow(ingest.ReasonNotAuthorized); ok {
+				h.log.Info("mqtt subscribe not authorized", "client_id", cl.ID, "user", user, "topic", f.Filter, "suppressed", n)
+			}
 		}
 	}
 	return pk
@@ -152,212 +360,331 @@ func shareless(filter string) string {
 // a publish to $SYS (a QoS 1 publisher would wait forever for its PUBACK)
 // and knows no length or level limits.
 func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Connect && pk.ReservedBit != 0 {
+		// [MQTT-3.1.2-3]: a malformed packet. mochi would answer 0x82,
+		// which is no 3.1.1 return code: MQTT 5 gets 0x81, 3.1.1 the
+		// connection closed without CONNACK, as both specifications say.
+		h.stats.refused[ingest.ReasonMalformed].Add(1)
+		h.log.Info("mqtt connection refused", "remote", cl.Net.Remote, "listener", cl.Net.Listener,
+			"reason", ingest.ReasonMalformed.String(), "err", "CONNECT reserved flag set")
+		if pk.ProtocolVersion == 5 {
+			cl.Properties.ProtocolVersion = 5
+			_ = h.ms.SendConnack(cl, packets.ErrMalformedPacket, false, nil)
+		}
+		return pk, packets.ErrRejectPacket // the only error mochi does not ignore here: ends the connection
+	}
 	if pk.FixedHeader.Type != packets.Publish || pk.TopicName == "" { // "" with a topic alias: checked in OnPublish
 		return pk, nil
 	}
 	if err := h.checkTopic(pk.TopicName); err != nil {
-		return pk, h.refuseTopic(cl, pk, err)
+		return pk, h.refuseNow(cl, pk, nil, ingest.ReasonInvalidTopic, err)
 	}
 	return pk, nil
 }
 
-func (h *hook) refuseTopic(cl *mochi.Client, pk packets.Packet, err error) error {
-	h.stats.rejected[ReasonInvalidTopic].Add(1)
-	h.log.Debug("mqtt publish refused", "client_id", cl.ID, "topic", pk.TopicName, "reason", ReasonInvalidTopic.String(), "err", err)
-	h.disconnect(cl, packets.ErrTopicNameInvalid)
-	return packets.ErrRejectPacket
-}
-
-// OnPacketEncode tells MQTT 5 clients the packet size limit in CONNACK, so
-// that they refuse oversized messages themselves.
+// OnPacketEncode tells MQTT 5 clients in CONNACK the packet size limit, so
+// that they refuse oversized messages themselves, and the topic alias
+// maximum (mochi accepts aliases but does not say so, and a client must not
+// use them unless told).
 func (h *hook) OnPacketEncode(cl *mochi.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && h.opts.MaxPacketSize > 0 && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
-		pk.Properties.MaximumPacketSize = uint32(h.opts.MaxPacketSize)
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+		if h.opts.MaxPacketSize > 0 {
+			pk.Properties.MaximumPacketSize = uint32(h.opts.MaxPacketSize)
+		}
+		pk.Properties.TopicAliasMaximum = h.ms.Options.Capabilities.TopicAliasMaximum
 	}
 	return pk
 }
 
-func (h *hook) OnPublishDropped(*mochi.Client, packets.Packet) { h.stats.subscriberDrops.Add(1) }
-
-// OnDisconnect forgets the client's rate limiter and counts the packets mochi
-// refused while reading (they end the connection before any hook sees them).
-func (h *hook) OnDisconnect(cl *mochi.Client, err error, _ bool) {
-	h.limiters.Delete(cl)
-	var code packets.Code
-	switch {
-	case err == nil || errors.Is(err, packets.ErrRejectPacket):
-		return // normal, or already counted by us
-	case errors.Is(err, packets.ErrPacketTooLarge):
-		h.stats.rejected[ReasonTooLarge].Add(1)
-	case errors.Is(err, packets.ErrMalformedTopic), errors.Is(err, packets.ErrProtocolViolationSurplusWildcard),
-		errors.Is(err, packets.ErrProtocolViolationNoTopic), errors.Is(err, packets.ErrTopicAliasInvalid):
-		h.stats.rejected[ReasonInvalidTopic].Add(1)
-	case errors.As(err, &code) && (code.Code == packets.ErrMalformedPacket.Code || code.Code == packets.ErrProtocolViolation.Code):
-		h.stats.rejected[ReasonMalformed].Add(1)
-	default:
+// OnPublishDropped: mochi's queue for a local subscriber is full. A QoS 0
+// message is dropped for it (counted); a subscriber that cannot take its
+// QoS 1/2 messages is disconnected (counted), so that it gets them again
+// from its session rather than silently not at all.
+func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
+	h.stats.subscriberDrops.Add(1)
+	if pk.FixedHeader.Qos == 0 || cl.Closed() {
 		return
 	}
-	h.log.Debug("mqtt client dropped for a bad packet", "client_id", cl.ID, "remote", cl.Net.Remote, "err", err)
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if sub.Qos > 0 && message.Match(shareless(sub.Filter), pk.TopicName) {
+			h.slowConsumer(cl, "local delivery queue full")
+			return
+		}
+	}
 }
 
-// OnPublish is the ingest path. It runs in the client's read goroutine before
-// mochi writes PUBACK/PUBREC, retains or delivers the message; returning nil
-// lets all three happen, ErrRejectPacket none of them, and a packets.Code
-// (MQTT 5 QoS 1 only) sends that code in the PUBACK instead.
+// OnQosPublish: a QoS 1/2 message is now waiting for a connected
+// subscriber's acknowledgement. A subscriber with SubscriberQueue of them
+// unacknowledged is not keeping up: disconnected (counted), before mochi
+// reaches its own bound, where it would drop further messages silently.
+func (h *hook) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64, _ int) {
+	if pk.FixedHeader.Type == packets.Publish && !cl.Net.Inline && !cl.Closed() && cl.State.Inflight.Len() >= h.opts.SubscriberQueue {
+		h.slowConsumer(cl, "too many unacknowledged QoS 1/2 deliveries")
+	}
+}
+
+// slowConsumer disconnects a subscriber that does not keep up.
+func (h *hook) slowConsumer(cl *mochi.Client, why string) {
+	h.stats.slowConsumers.Add(1)
+	h.log.Info("mqtt subscriber disconnected: not keeping up", "client_id", cl.ID, "remote", cl.Net.Remote, "reason", why)
+	cl.Stop(errSlowConsumer)
+}
+
+// OnQosComplete ends a client's QoS 2 publish when mochi answered its
+// PUBREL with PUBCOMP: it no longer counts against Receive Maximum.
+func (h *hook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Pubrel {
+		if ss := h.session(cl); ss != nil {
+			ss.unacked.Add(-1)
+		}
+	}
+}
+
+// OnQosDropped: a PUBREL with a failure code also ends the QoS 2 flow.
+func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
+
+// OnPublish is the ingest path, in the client's read goroutine. Every
+// publish from a device is handed to the ingest Stream and mochi is told
+// to do nothing (ErrRejectPacket: no acknowledgement, no retain, no local
+// delivery): the Stream answers in order after each commit (answer) and
+// fans the message out, retained or not, through PublishLocal.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
-		return pk, nil // PublishLocal: already accepted elsewhere, never back to the Sink
+		return pk, nil // PublishLocal: already accepted, never back to the Sink
+	}
+	ss := h.session(cl)
+	if ss == nil {
+		return pk, packets.ErrRejectPacket // not established: cannot happen with mochi's order of calls
+	}
+	qos := min(pk.FixedHeader.Qos, 2)
+	if qos > 0 {
+		ss.mu.Lock()
+		_, again := ss.pending[pk.PacketID]
+		if !again {
+			ss.pending[pk.PacketID] = struct{}{}
+		}
+		ss.mu.Unlock()
+		if again {
+			// The client sent this packet id again before we answered it:
+			// the same message, whose answer is on its way.
+			h.stats.retransmits.Add(1)
+			return pk, packets.ErrRejectPacket
+		}
+		if n := ss.unacked.Add(1); cl.Properties.ProtocolVersion == 5 && int(n) > h.opts.MaxInflight {
+			ss.unacked.Add(-1)
+			h.stats.rejected[ingest.ReasonProtocol].Add(1)
+			h.log.Info("mqtt client exceeded receive maximum", "client_id", cl.ID, "receive_maximum", h.opts.MaxInflight)
+			_ = h.ms.DisconnectClient(cl, packets.ErrReceiveMaximum)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	if err := h.checkTopic(pk.TopicName); err != nil { // again: a topic alias may have resolved to it
-		return pk, h.refuseTopic(cl, pk, err)
+		return pk, h.refuseNow(cl, pk, ss, ingest.ReasonInvalidTopic, err)
 	}
-	if !h.allow(cl) {
-		return h.refusePublish(cl, pk, ReasonQuota, fmt.Errorf("%w: more than %g messages/s", message.ErrQuotaExceeded, h.opts.PublishRate))
+	user := string(cl.Properties.Username)
+	if !h.opts.Auth.CanPublish(user, cl.ID, pk.TopicName) {
+		return pk, h.refuse(cl, pk, ss, ingest.ReasonNotAuthorized, fmt.Errorf("%w: %q", message.ErrNotAuthorized, pk.TopicName))
+	}
+	if ss.limiter != nil && !ss.limiter.AllowN(h.opts.Now(), 1) {
+		return pk, h.refuse(cl, pk, ss, ingest.ReasonQuota, fmt.Errorf("%w: more than %g messages/s", message.ErrQuotaExceeded, h.opts.PublishRate))
 	}
 	m, err := h.newMessage(cl, pk)
 	if err != nil {
-		return h.refusePublish(cl, pk, ReasonTooLarge, err)
+		return pk, h.refuse(cl, pk, ss, ingest.ReasonTooLarge, err)
 	}
-	spooled, r, err := h.ingest(m, h.wait(cl), time.Duration(pk.Properties.MessageExpiryInterval)*time.Second)
-	if err != nil {
-		return h.refusePublish(cl, pk, r, err)
+	o := ingest.SubmitOptions{Expiry: time.Duration(pk.Properties.MessageExpiryInterval) * time.Second, Timeout: h.wait(cl)}
+	// Submit waits while MaxInflight messages of this client are pending:
+	// the client is not read meanwhile (an MQTT 5 client that sends more
+	// QoS 1/2 messages than that was disconnected above).
+	if !ss.stream.Submit(h.base, m, o, pubTag{id: pk.PacketID, qos: qos, counted: qos > 0}) {
+		return pk, packets.ErrRejectPacket // the server is closing
 	}
-	if spooled {
-		h.stats.accepted[m.QoS].Add(1)
+	return pk, packets.ErrRejectPacket
+}
+
+// refuse answers a publish refused before the Sink, in order behind the
+// client's earlier messages. When the answer ends the connection (MQTT
+// 3.1.1, and MQTT 5 where the table says DISCONNECT), the reader waits for
+// it, so that nothing the client sent later is read and stored.
+func (h *hook) refuse(cl *mochi.Client, pk packets.Packet, ss *session, r ingest.Reason, err error) error {
+	qos := min(pk.FixedHeader.Qos, 2)
+	if !disconnects(cl.Properties.ProtocolVersion, qos, r) {
+		ss.stream.Refuse(&message.Message{Topic: pk.TopicName, QoS: qos}, r, err, pubTag{id: pk.PacketID, qos: qos, counted: qos > 0})
+		return packets.ErrRejectPacket
 	}
-	return pk, nil
+	return h.refuseNow(cl, pk, ss, r, err)
+}
+
+// refuseNow answers a refusal that ends the connection, after the answers
+// to the client's earlier messages; the reader waits for it, so that
+// nothing the client sent later is read. ss nil: from OnPacketRead, before
+// the packet was counted.
+func (h *hook) refuseNow(cl *mochi.Client, pk packets.Packet, ss *session, r ingest.Reason, err error) error {
+	counted := ss != nil
+	if ss == nil {
+		ss = h.session(cl)
+	}
+	qos := min(pk.FixedHeader.Qos, 2)
+	if ss == nil {
+		h.refused(cl, pk.TopicName, qos, r, err)
+		h.disconnect(cl, disconnectCode(r))
+		return packets.ErrRejectPacket
+	}
+	tag := pubTag{id: pk.PacketID, qos: qos, counted: counted && qos > 0, done: make(chan struct{})}
+	ss.stream.Refuse(&message.Message{Topic: pk.TopicName, QoS: qos}, r, err, tag)
+	<-tag.done
+	return packets.ErrRejectPacket
+}
+
+// disconnects reports whether the answer to a refusal for r ends the
+// connection (see the table in doc.go).
+func disconnects(version, qos byte, r ingest.Reason) bool {
+	switch {
+	case qos == 0:
+		return r == ingest.ReasonInvalidTopic
+	case version != 5:
+		return true
+	case r == ingest.ReasonShuttingDown || r == ingest.ReasonInvalidTopic:
+		return true
+	case qos == 2:
+		return r != ingest.ReasonNotAuthorized
+	}
+	return false
+}
+
+// answer writes the answer to one publish, in the client's order, after
+// its outcome is known: PUBACK or PUBREC once it is stored (G1), or the
+// refusal of the table in doc.go.
+func (h *hook) answer(ss *session, t *ingest.Ticket, out ingest.Outcome) {
+	tag := t.Tag.(pubTag)
+	cl := ss.cl
+	if tag.done != nil {
+		defer close(tag.done)
+	}
+	if tag.counted {
+		ss.mu.Lock()
+		delete(ss.pending, tag.id)
+		ss.mu.Unlock()
+	}
+	if out.OK() {
+		if out.Spooled {
+			h.stats.accepted[tag.qos].Add(1)
+		}
+		switch tag.qos {
+		case 1:
+			ss.unacked.Add(-1)
+			_ = cl.WritePacket(ack(packets.Puback, tag.id, packets.CodeSuccess))
+		case 2:
+			// mochi answers the PUBREL from its inflight store; the flow
+			// counts against Receive Maximum until then (OnQosComplete).
+			rec := ack(packets.Pubrec, tag.id, packets.CodeSuccess)
+			if cl.State.Inflight.Set(rec) {
+				atomic.AddInt64(&h.ms.Info.Inflight, 1)
+			}
+			_ = cl.WritePacket(rec)
+		}
+		return
+	}
+	if tag.counted {
+		ss.unacked.Add(-1)
+	}
+	topic := ""
+	if t.M != nil {
+		topic = t.M.Topic
+	}
+	h.refused(cl, topic, tag.qos, out.Reason, out.Err)
+	switch {
+	case tag.qos == 0 && out.Reason != ingest.ReasonInvalidTopic:
+		// No answer exists for QoS 0: dropped, counted.
+	case disconnects(cl.Properties.ProtocolVersion, tag.qos, out.Reason):
+		h.disconnect(cl, disconnectCode(out.Reason))
+	case tag.qos == 2: // MQTT 5, not authorized
+		_ = cl.WritePacket(ack(packets.Pubrec, tag.id, pubackCode(out.Reason)))
+	default:
+		_ = cl.WritePacket(ack(packets.Puback, tag.id, pubackCode(out.Reason)))
+	}
+}
+
+// refused counts and logs a refusal: at Info (a failure of ours at Warn),
+// rate-limited per reason.
+func (h *hook) refused(cl *mochi.Client, topic string, qos byte, r ingest.Reason, err error) {
+	h.stats.rejected[r].Add(1)
+	ok, n := h.refusals.Allow(r)
+	if !ok {
+		return
+	}
+	lvl := slog.LevelInfo
+	if r == ingest.ReasonInternal {
+		lvl = slog.LevelWarn
+	}
+	h.log.Log(context.Background(), lvl, "mqtt publish refused", "client_id", cl.ID, "user", string(cl.Properties.Username),
+		"topic", topic, "qos", qos, "reason", r.String(), "suppressed", n, "err", err)
+}
+
+// ack builds a PUBACK or PUBREC; the reason string goes with a failure code
+// (mochi drops it when the client asked for no problem information).
+func ack(typ byte, id uint16, code packets.Code) packets.Packet {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: id, ReasonCode: code.Code}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		pk.Properties.ReasonString = code.Reason
+	}
+	return pk
 }
 
 // OnWillSent spools a will. mochi has already delivered it locally.
 func (h *hook) OnWillSent(cl *mochi.Client, pk packets.Packet) {
-	if cl.Net.Inline {
-		return
+	if cl.Net.Inline || h.closing.Load() {
+		return // wills of our own shutdown are not spooled: the Sink is closing
 	}
 	m, err := h.newMessage(cl, pk)
 	if err != nil {
-		h.stats.rejected[ReasonTooLarge].Add(1)
+		h.stats.rejected[ingest.ReasonTooLarge].Add(1)
 		h.log.Warn("mqtt will not spooled", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
 		return
 	}
-	spooled, r, err := h.ingest(m, h.opts.AcceptTimeout, 0)
-	if err != nil {
-		h.stats.rejected[r].Add(1)
-		h.log.Warn("mqtt will not spooled", "client_id", cl.ID, "topic", m.Topic, "msg_id", m.ID, "reason", r.String(), "err", err)
-		return
-	}
-	if spooled {
+	out := h.core.Accept(context.Background(), m, ingest.SubmitOptions{Timeout: h.opts.AcceptTimeout}, false)
+	switch {
+	case !out.OK():
+		h.stats.rejected[out.Reason].Add(1)
+		h.log.Warn("mqtt will not spooled", "client_id", cl.ID, "topic", m.Topic, "msg_id", m.ID, "reason", out.Reason.String(), "err", out.Err)
+	case out.Spooled:
 		h.stats.wills.Add(1)
 	}
 }
 
-// ingest routes m and hands it to the Sink (unless the route keeps it
-// local), then to Options.Local. spooled reports whether the Sink took it;
-// on error r says why it was refused.
-func (h *hook) ingest(m *message.Message, wait, expiry time.Duration) (spooled bool, r Reason, err error) {
-	route := h.opts.Router.Route(m.Topic)
-	route.Apply(m)
-	if expiry > 0 { // MQTT 5 message expiry: the earlier of it and the route's TTL
-		if exp := m.AcceptedAt.Add(expiry); m.ExpiresAt.IsZero() || exp.Before(m.ExpiresAt) {
-			m.ExpiresAt = exp
-		}
-	}
-	if route.LocalOnly || (m.QoS == 0 && route.QoS0 == message.QoS0Drop) {
-		h.stats.localOnly.Add(1)
-		h.fanOut(m)
-		return false, 0, nil
-	}
-	if h.closing.Load() {
-		return false, ReasonShuttingDown, message.ErrShuttingDown
-	}
-	ctx, cancel := context.WithTimeout(h.base, wait)
-	defer cancel()
-	if err = h.opts.Sink.Accept(ctx, m); err != nil {
-		return false, h.classify(ctx, err), err
-	}
-	h.fanOut(m)
-	return true, 0, nil
-}
-
-func (h *hook) fanOut(m *message.Message) {
-	if h.opts.Local != nil {
-		h.opts.Local.PublishLocal(m)
-	}
-}
-
-func (h *hook) classify(ctx context.Context, err error) Reason {
-	switch {
-	case errors.Is(err, message.ErrFull):
-		return ReasonFull
-	case errors.Is(err, message.ErrQuotaExceeded):
-		return ReasonQuota
-	case errors.Is(err, message.ErrTooLarge):
-		return ReasonTooLarge
-	case errors.Is(err, message.ErrExpired):
-		return ReasonExpired
-	case errors.Is(err, message.ErrNotAuthorized):
-		return ReasonNotAuthorized
-	case errors.Is(err, message.ErrShuttingDown), h.base.Err() != nil:
-		return ReasonShuttingDown
-	case ctx.Err() != nil:
-		return ReasonTimeout
-	}
-	return ReasonInternal
-}
-
-// refusePublish counts and answers a publish the Sink (or a limit) refused;
-// see the table in doc.go.
-func (h *hook) refusePublish(cl *mochi.Client, pk packets.Packet, r Reason, err error) (packets.Packet, error) {
-	h.stats.rejected[r].Add(1)
-	qos := pk.FixedHeader.Qos
-	lvl := slog.LevelDebug
-	if r == ReasonInternal {
-		lvl = slog.LevelWarn
-	}
-	h.log.Log(context.Background(), lvl, "mqtt publish refused", "client_id", cl.ID, "topic", pk.TopicName,
-		"qos", qos, "reason", r.String(), "err", err)
-	if qos == 0 {
-		return pk, packets.ErrRejectPacket // no answer exists for QoS 0: dropped, counted
-	}
-	if cl.Properties.ProtocolVersion == 5 && qos == 1 && r != ReasonShuttingDown {
-		return pk, pubackCode(r)
-	}
-	h.disconnect(cl, disconnectCode(r))
-	return pk, packets.ErrRejectPacket
-}
-
-func pubackCode(r Reason) packets.Code {
+func pubackCode(r ingest.Reason) packets.Code {
 	switch r {
-	case ReasonFull:
+	case ingest.ReasonFull:
 		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "spool full"}
-	case ReasonQuota:
+	case ingest.ReasonQuota:
 		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "publish quota exceeded"}
-	case ReasonTimeout:
+	case ingest.ReasonTimeout:
 		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "spool busy"}
-	case ReasonNotAuthorized:
+	case ingest.ReasonNotAuthorized:
 		return packets.ErrNotAuthorized
-	case ReasonInvalidTopic:
+	case ingest.ReasonInvalidTopic:
 		return packets.ErrTopicNameInvalid
-	case ReasonTooLarge:
+	case ingest.ReasonTooLarge:
 		return packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "message too large"}
-	case ReasonExpired:
+	case ingest.ReasonExpired:
 		return packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "message expired"}
 	}
 	return packets.ErrImplementationSpecificError
 }
 
-func disconnectCode(r Reason) packets.Code {
+func disconnectCode(r ingest.Reason) packets.Code {
 	switch r {
-	case ReasonFull, ReasonQuota:
+	case ingest.ReasonFull, ingest.ReasonQuota:
 		return packets.ErrQuotaExceeded
-	case ReasonTimeout:
+	case ingest.ReasonTimeout:
 		return packets.ErrServerBusy
-	case ReasonNotAuthorized:
+	case ingest.ReasonNotAuthorized:
 		return packets.ErrNotAuthorized
-	case ReasonInvalidTopic:
+	case ingest.ReasonInvalidTopic:
 		return packets.ErrTopicNameInvalid
-	case ReasonTooLarge:
+	case ingest.ReasonTooLarge:
 		return packets.ErrPacketTooLarge
-	case ReasonShuttingDown:
+	case ingest.ReasonShuttingDown:
 		return packets.ErrServerShuttingDown
 	}
 	return packets.ErrImplementationSpecificError
@@ -374,8 +701,8 @@ func (h *hook) disconnect(cl *mochi.Client, code packets.Code) {
 	cl.Stop(code)
 }
 
-// wait is the bound on one Accept for cl: AcceptTimeout, but at most 3/4 of
-// the client's keepalive, so that it gets its PINGRESP in time.
+// wait is the bound on one message's commit for cl: AcceptTimeout, but at
+// most 3/4 of the client's keepalive, so that it gets its PINGRESP in time.
 func (h *hook) wait(cl *mochi.Client) time.Duration {
 	d := h.opts.AcceptTimeout
 	if ka := cl.State.Keepalive; ka > 0 {
@@ -384,31 +711,24 @@ func (h *hook) wait(cl *mochi.Client) time.Duration {
 	return d
 }
 
-func (h *hook) allow(cl *mochi.Client) bool {
-	if h.opts.PublishRate <= 0 {
-		return true
+// checkTopic applies the topic rules and limits to a topic name, and
+// refuses a first level of $share: mochi silently drops such publishes (the
+// prefix is reserved for shared subscriptions), which would leave a QoS 1
+// publisher waiting for its PUBACK forever (found by FuzzPublishTopic).
+func (h *hook) checkTopic(topic string) error {
+	if err := ingest.CheckTopic(topic, h.opts.MaxTopicLength, h.opts.MaxTopicLevels); err != nil {
+		return err
 	}
-	v, ok := h.limiters.Load(cl)
-	if !ok {
-		v, _ = h.limiters.LoadOrStore(cl, rate.NewLimiter(rate.Limit(h.opts.PublishRate), h.opts.PublishBurst))
+	if sharePrefix(topic) {
+		return fmt.Errorf("%w: %q: $share is reserved for shared subscriptions", message.ErrInvalidTopic, topic)
 	}
-	return v.(*rate.Limiter).AllowN(h.opts.Now(), 1)
+	return nil
 }
 
-// checkTopic applies the topic limits to a topic name.
-func (h *hook) checkTopic(topic string) error {
-	if len(topic) > h.opts.MaxTopicLength {
-		return fmt.Errorf("%w: %d bytes, more than %d", message.ErrInvalidTopic, len(topic), h.opts.MaxTopicLength)
-	}
-	if limit := h.opts.MaxTopicLevels; limit > 0 {
-		if n := strings.Count(topic, "/") + 1; n > limit {
-			return fmt.Errorf("%w: %d levels, more than %d", message.ErrInvalidTopic, n, limit)
-		}
-	}
-	if len(topic) >= len(mochi.SysPrefix) && strings.EqualFold(topic[:len(mochi.SysPrefix)], mochi.SysPrefix) {
-		return fmt.Errorf("%w: %s is reserved", message.ErrInvalidTopic, mochi.SysPrefix)
-	}
-	return message.ValidateTopic(topic)
+// sharePrefix reports whether topic's first level is $share (any case).
+func sharePrefix(topic string) bool {
+	first, _, _ := strings.Cut(topic, "/")
+	return strings.EqualFold(first, "$share")
 }
 
 // newMessage builds the message for a publish or will packet.
@@ -429,7 +749,14 @@ func (h *hook) newMessage(cl *mochi.Client, pk packets.Packet) (*message.Message
 			ClientID: cl.ID,
 			Username: string(bytes.Clone(cl.Properties.Username)),
 		},
-		AcceptedAt: now,
+		AcceptedAt:      now,
+		Resend:          pk.FixedHeader.Dup,
+		ResponseTopic:   pk.Properties.ResponseTopic,
+		CorrelationData: pk.Properties.CorrelationData,
+		PayloadUTF8:     pk.Properties.PayloadFormatFlag && pk.Properties.PayloadFormat == 1,
+	}
+	if m.QoS > 0 && pk.FixedHeader.Type == packets.Publish {
+		m.SendID = strconv.Itoa(int(pk.PacketID))
 	}
 	if n := len(pk.Properties.User); n > 0 {
 		m.Headers = make([]message.Header, n)
@@ -441,8 +768,17 @@ func (h *hook) newMessage(cl *mochi.Client, pk packets.Packet) (*message.Message
 }
 
 // mochiLogHandler passes mochi's log records on at Debug (Error stays
-// Error), except the per-message "publish packet error" that mochi logs for
-// every reason code the hook returns: the hook logs and counts those itself.
+// Error), except the per-message records that mochi logs with a dump of the
+// whole packet for every publish the hook takes over ("publish packet
+// rejected": all of them, since the ingest core answers) or answers with a
+// reason code: the hook logs and counts those itself.
+//
+// It also brings mochi's attributes into our vocabulary ("error" → "err",
+// "client" → "client_id") and never writes a packet or will whole: mochi
+// passes packets.Packet values (payload, CONNECT password and all) that the
+// text handler would print as multi-kilobyte structs. They become a
+// one-line summary; any other struct or slice its type name; long strings
+// are cut.
 type mochiLogHandler struct{ h slog.Handler }
 
 func demote(l slog.Level) slog.Level {
@@ -457,18 +793,95 @@ func (m mochiLogHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (m mochiLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "publish packet error" {
+	if r.Message == "publish packet error" || r.Message == "publish packet rejected" {
 		return nil
 	}
-	r.Level = demote(r.Level)
-	if !m.h.Enabled(ctx, r.Level) {
+	lvl := demote(r.Level)
+	if !m.h.Enabled(ctx, lvl) {
 		return nil
 	}
-	return m.h.Handle(ctx, r)
+	out := slog.NewRecord(r.Time, lvl, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(mochiAttr(a))
+		return true
+	})
+	return m.h.Handle(ctx, out)
 }
 
 func (m mochiLogHandler) WithAttrs(a []slog.Attr) slog.Handler {
-	return mochiLogHandler{m.h.WithAttrs(a)}
+	conv := make([]slog.Attr, len(a))
+	for i := range a {
+		conv[i] = mochiAttr(a[i])
+	}
+	return mochiLogHandler{m.h.WithAttrs(conv)}
 }
 
 func (m mochiLogHandler) WithGroup(g string) slog.Handler { return mochiLogHandler{m.h.WithGroup(g)} }
+
+// maxLogString bounds a string attribute from mochi.
+const maxLogString = 256
+
+var mochiKeys = map[string]string{"error": "err", "client": "client_id"}
+
+func mochiAttr(a slog.Attr) slog.Attr {
+	if k, ok := mochiKeys[a.Key]; ok {
+		a.Key = k
+	}
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindString:
+		if s := v.String(); len(s) > maxLogString {
+			return slog.String(a.Key, s[:maxLogString]+"…")
+		}
+		return slog.Attr{Key: a.Key, Value: v}
+	case slog.KindAny:
+	default:
+		return slog.Attr{Key: a.Key, Value: v}
+	}
+	switch x := v.Any().(type) {
+	case packets.Packet:
+		return slog.String(a.Key, packetSummary(&x))
+	case *packets.Packet:
+		return slog.String(a.Key, packetSummary(x))
+	case mochi.Will:
+		return slog.String(a.Key, fmt.Sprintf("will topic=%q payload_bytes=%d", x.TopicName, len(x.Payload)))
+	case error:
+		return slog.String(a.Key, cut(x.Error()))
+	case fmt.Stringer:
+		return slog.String(a.Key, cut(x.String()))
+	case nil:
+		return slog.Attr{Key: a.Key, Value: v}
+	default:
+		return slog.String(a.Key, fmt.Sprintf("%T", x))
+	}
+}
+
+func cut(s string) string {
+	if len(s) > maxLogString {
+		return s[:maxLogString] + "…"
+	}
+	return s
+}
+
+// packetSummary is a packet in one line: type, id, and for a publish its
+// topic, QoS and payload size (never the payload or a CONNECT's password).
+func packetSummary(pk *packets.Packet) string {
+	name, ok := packets.PacketNames[pk.FixedHeader.Type]
+	if !ok {
+		name = fmt.Sprintf("type %d", pk.FixedHeader.Type)
+	}
+	var b strings.Builder
+	b.WriteString(name)
+	if pk.PacketID != 0 {
+		fmt.Fprintf(&b, " id=%d", pk.PacketID)
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		fmt.Fprintf(&b, " topic=%q qos=%d payload_bytes=%d", cut(pk.TopicName), pk.FixedHeader.Qos, len(pk.Payload))
+	case packets.Subscribe, packets.Unsubscribe:
+		fmt.Fprintf(&b, " filters=%d", len(pk.Filters))
+	case packets.Connect:
+		fmt.Fprintf(&b, " client_id=%q", cut(string(pk.Connect.ClientIdentifier)))
+	}
+	return b.String()
+}

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -13,17 +14,24 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/ferrymq/ferry/protocols/ingest"
 )
 
 // listener implements mochi's listeners.Listener for TCP, TLS and WebSocket.
 // Unlike mochi's own listeners it binds in Init (so Start reports a busy port
 // and Addr knows the port picked for ":0"), sets a deadline for the CONNECT
-// packet (mochi reads it without one), and on Close also closes connections
-// that never completed CONNECT and waits for their goroutines.
+// packet (mochi reads it without one), bounds what a client can make it
+// allocate and hold before it has logged in (preAuth, inConn), and on Close
+// also closes connections that never completed CONNECT and waits for their
+// goroutines.
 type listener struct {
 	id, kind, address string
 	tls               *tls.Config
-	connectTimeout    time.Duration
+	certUsername      func(*x509.Certificate) (string, error)
+	opts              *Options
+	pre               *preAuth
+	stats             *counters
 	log               *slog.Logger
 
 	mu     sync.Mutex
@@ -34,13 +42,17 @@ type listener struct {
 	wg     sync.WaitGroup
 
 	establish listeners.EstablishFn // KindWS: set by Serve before the server starts
+	// disconnect sends mochi's clients on this listener a DISCONNECT
+	// (server shutting down) at Close, instead of mochi's own CloseFn
+	// (see Server.disconnectListener).
+	disconnect func(listenerID string)
 }
 
 var _ listeners.Listener = (*listener)(nil)
 
-func newListener(l Listener, connectTimeout time.Duration) *listener {
-	return &listener{id: l.Name, kind: l.Kind, address: l.Address, tls: l.TLS, connectTimeout: connectTimeout,
-		conns: map[net.Conn]struct{}{}, log: slog.New(slog.DiscardHandler)}
+func newListener(l Listener, opts *Options, pre *preAuth, stats *counters) *listener {
+	return &listener{id: l.Name, kind: l.Kind, address: l.Address, tls: l.TLS, certUsername: l.CertUsername,
+		opts: opts, pre: pre, stats: stats, conns: map[net.Conn]struct{}{}, log: slog.New(slog.DiscardHandler)}
 }
 
 func (l *listener) ID() string { return l.id }
@@ -68,9 +80,10 @@ func (l *listener) boundAddr() string {
 	return l.ln.Addr().String()
 }
 
-// Init binds the address.
-func (l *listener) Init(log *slog.Logger) error {
-	l.log = log
+// Init binds the address. The logger mochi passes (its own, with the
+// listener's id) is not used: the listener logs as the Server does
+// (Server sets l.log), with the id under the same key once.
+func (l *listener) Init(*slog.Logger) error {
 	ln, err := net.Listen("tcp", l.address)
 	if err != nil {
 		return err
@@ -84,9 +97,10 @@ func (l *listener) Init(log *slog.Logger) error {
 	if l.kind == KindWS {
 		l.srv = &http.Server{
 			Handler:           http.HandlerFunc(l.serveWS),
-			ReadHeaderTimeout: l.connectTimeout,
+			ReadHeaderTimeout: l.opts.ConnectTimeout,
+			MaxHeaderBytes:    l.opts.MaxConnectSize + 4096,
 			TLSConfig:         l.tls,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+			ErrorLog:          slog.NewLogLogger(l.log.With("listener", l.id).Handler(), slog.LevelDebug),
 		}
 	}
 	return nil
@@ -130,20 +144,51 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			_ = conn.Close()
 			return
 		}
+		// Counted before login from here, in accept order, so that the
+		// oldest is the one closed when the set is full.
+		pc := l.pre.Add(func() { _ = conn.Close() })
 		go func() {
 			defer l.untrack(conn)
-			l.run(conn, conn, establish)
+			l.run(conn, conn, pc, establish)
 		}()
 	}
 }
 
-// run hands one connection to mochi and blocks until it ends.
-func (l *listener) run(raw, conn net.Conn, establish listeners.EstablishFn) {
+// run hands one connection to mochi, its reads bounded (inConn) and its
+// writes made non-blocking (outConn), and blocks until it ends and what was
+// written is flushed.
+func (l *listener) run(raw, conn net.Conn, pc *pendingConn, establish listeners.EstablishFn) {
 	defer func() { _ = raw.Close() }()
-	_ = raw.SetDeadline(time.Now().Add(l.connectTimeout)) // mochi replaces it after CONNECT
-	if err := establish(l.id, conn); err != nil {
-		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", raw.RemoteAddr().String(), "err", err)
+	defer pc.Done()
+	deadline := time.Now().Add(l.opts.ConnectTimeout)
+	_ = raw.SetDeadline(deadline) // the TLS handshake and CONNECT; mochi replaces the read deadline after CONNECT
+	remote := raw.RemoteAddr().String()
+	ic := newInConn(conn, l.opts.MaxConnectSize, l.opts.ReadTimeout)
+	_ = ic.SetReadDeadline(deadline)
+	oc := newOutConn(ic, l.opts.WriteTimeout, l.opts.WriteBuffer, func(why string) {
+		l.stats.slowConsumers.Add(1)
+		l.log.Info("mqtt client disconnected: not reading what is written to it", "listener", l.id, "remote", remote, "reason", why)
+	})
+	oc.login = &loginState{pending: pc, deadline: deadline, certUsername: l.certUsername}
+	err := establish(l.id, oc)
+	if err != nil {
+		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", remote, "err", err)
 	}
+	if !oc.login.established.Load() && err != nil {
+		// Refused before a session existed: mochi calls no hook for
+		// these.
+		var ne net.Error
+		switch {
+		case errors.Is(err, errConnectTooLarge):
+			l.stats.refused[ingest.ReasonTooLarge].Add(1)
+			l.log.Info("mqtt connection refused", "listener", l.id, "remote", remote, "reason", ingest.ReasonTooLarge.String(), "err", err)
+		case pc.Context().Err() == nil && errors.As(err, &ne) && ne.Timeout():
+			l.stats.refused[ingest.ReasonReadTimeout].Add(1)
+			l.log.Info("mqtt connection refused", "listener", l.id, "remote", remote, "reason", ingest.ReasonReadTimeout.String(), "err", err)
+		}
+	}
+	_ = oc.Close()
+	<-oc.done
 }
 
 func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
@@ -163,7 +208,7 @@ func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer l.untrack(raw)
-	l.run(raw, &wsConn{Conn: raw, c: c}, l.establish)
+	l.run(raw, &wsConn{Conn: raw, c: c}, l.pre.Add(func() { _ = raw.Close() }), l.establish)
 }
 
 func (l *listener) track(c net.Conn) bool {
@@ -190,9 +235,10 @@ func (l *listener) isClosed() bool {
 	return l.closed
 }
 
-// Close stops accepting, lets mochi disconnect its clients on this listener,
-// closes whatever is left (connections still before CONNECT) and waits for
-// the connection goroutines.
+// Close stops accepting, disconnects the clients on this listener (with
+// l.disconnect, else mochi's closeClients), closes whatever is left
+// (connections still before CONNECT) and waits for the connection
+// goroutines.
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
@@ -208,7 +254,11 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	case ln != nil:
 		_ = ln.Close()
 	}
-	closeClients(l.id)
+	if l.disconnect != nil {
+		l.disconnect(l.id)
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
@@ -27,12 +29,18 @@ const (
 // Defaults of Options.
 const (
 	DefaultAcceptTimeout   = 5 * time.Second
-	DefaultConnectTimeout  = 10 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultMaxPending      = 128
+	DefaultMaxConnectSize  = 16 << 10
+	DefaultReadTimeout     = 30 * time.Second
 	DefaultMaxConnections  = 1000
 	DefaultMaxPacketSize   = 256 << 10
 	DefaultMaxTopicLength  = 1024
 	DefaultMaxTopicLevels  = 32
 	DefaultSubscriberQueue = 1024
+	DefaultMaxInflight     = 128
+	DefaultWriteTimeout    = 10 * time.Second
+	DefaultWriteBuffer     = 1 << 20
 )
 
 // Listener is one network endpoint.
@@ -41,6 +49,12 @@ type Listener struct {
 	Kind    string      // KindTCP, KindTLS or KindWS
 	Address string      // host:port; port 0 picks a free port (see Server.Addr)
 	TLS     *tls.Config // required for KindTLS, optional for KindWS, must be nil for KindTCP
+	// CertUsername, when set, names the user of a client that presented a
+	// verified certificate (TLS must verify client certificates): the
+	// client logs in as that user without a password, and a username in
+	// its CONNECT must be empty or the same. An error refuses the client.
+	// Clients without a certificate log in with username and password.
+	CertUsername func(*x509.Certificate) (string, error)
 }
 
 // Options configure a Server. Zero values take the defaults written next to
@@ -48,25 +62,33 @@ type Listener struct {
 type Options struct {
 	Listeners []Listener
 
-	// Sink receives every message to be spooled (required).
-	Sink message.Sink
-	// Router chooses each message's route; nil routes everything with the
-	// zero message.Route (spooled, priority 0, no TTL).
-	Router message.Router
+	// Ingest is the ingest core (required): routing, the Sink, the QoS 0
+	// link rule and the fan-out to local subscribers of every protocol
+	// (the server adds itself to it with AddLocal).
+	Ingest *ingest.Core
 	// Auth authenticates and authorises (required; message.AllowAll for an
 	// open development broker).
 	Auth message.Authorizer
-	// Local receives every message accepted from MQTT for cross-protocol
-	// fan-out (STOMP subscribers). It must not block. May be nil.
-	Local message.LocalPublisher
 
 	// AcceptTimeout bounds the wait for Sink.Accept (default 5s). It must
 	// stay well below 1.5 × the clients' keepalive; the wait is further
 	// capped per client at 3/4 of its keepalive.
 	AcceptTimeout time.Duration
 	// ConnectTimeout bounds the time from TCP accept to a complete CONNECT
-	// (default 10s), so that idle sockets cannot pile up.
+	// and its login (default 5s), so that idle sockets cannot pile up.
 	ConnectTimeout time.Duration
+	// MaxPending caps the connections of all listeners that have not
+	// completed CONNECT and its login (default 128; <0: no cap). A new
+	// connection beyond it closes the oldest of them
+	// (Stats.PendingClosed), so that idle sockets cannot lock logins out.
+	MaxPending int
+	// MaxConnectSize caps the CONNECT packet (default 16 KiB): it is read
+	// before the client has logged in, so it is refused from its fixed
+	// header, before its body is allocated.
+	MaxConnectSize int
+	// ReadTimeout bounds the time from the first byte of a packet to its
+	// last (default 30s), whatever the client's keepalive (0: none).
+	ReadTimeout time.Duration
 	// MaxConnections caps connected clients (default 1000; <0: no cap).
 	MaxConnections int
 	// MaxPacketSize caps an MQTT packet in bytes (default 256 KiB; <0: no
@@ -85,9 +107,32 @@ type Options struct {
 	PublishRate  float64
 	PublishBurst int
 	// SubscriberQueue is the number of messages queued for one local
-	// subscriber before mochi drops (counted in Stats.SubscriberDrops);
-	// default 1024.
+	// subscriber before mochi drops (counted in Stats.SubscriberDrops; a
+	// subscriber that cannot take its QoS 1/2 messages is disconnected,
+	// Stats.SlowConsumers); default 1024.
 	SubscriberQueue int
+	// MaxInflight bounds a client's messages waiting for their commit
+	// (default 128). MQTT 5 clients are told it as Receive Maximum and are
+	// disconnected with 0x93 when they exceed it; an MQTT 3.1.1 client is
+	// not read while it has that many pending.
+	MaxInflight int
+	// MaxKeepalive caps the keepalive (seconds) a client may ask for, as
+	// Mosquitto's max_keepalive (0: no cap). An MQTT 5 client asking for
+	// more, or for 0, is told the cap as Server Keep Alive in CONNACK; an
+	// MQTT 3.1.1 client is refused with return code 0x02.
+	MaxKeepalive uint16
+	// WriteTimeout bounds one socket write to a client (default 10s);
+	// WriteBuffer the bytes waiting to be written to it (default 1 MiB plus
+	// MaxPacketSize). Writes never block the writer (a publisher's
+	// acknowledgement, a fan-out): a client that does not read for
+	// WriteTimeout, or lets WriteBuffer fill, is disconnected
+	// (Stats.SlowConsumers).
+	WriteTimeout time.Duration
+	WriteBuffer  int
+
+	// Store keeps retained messages and persistent sessions across
+	// restarts, within its bounds (store.go); no State: memory only.
+	Store StoreOptions
 
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // nil: time.Now
@@ -95,13 +140,16 @@ type Options struct {
 
 // Server is the MQTT ingress. Create it with New, then Start, then Close.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	ms     *mochi.Server
-	hook   *hook
-	inline *mochi.Client // source of PublishLocal messages
+	opts    Options
+	log     *slog.Logger
+	ms      *mochi.Server
+	hook    *hook
+	store   *store        // nil without Options.Store.State
+	inline  *mochi.Client // source of PublishLocal messages from other protocols
+	origins sync.Pool     // *mochi.Client: inline clients that stand in for an MQTT publisher (see PublishLocal)
 
 	lns []*listener
+	pre *preAuth
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -117,7 +165,9 @@ func New(opts Options) (*Server, error) {
 	log := opts.Logger
 	ms := mochi.New(&mochi.Options{
 		Capabilities: capabilities(&opts),
-		Logger:       slog.New(mochiLogHandler{opts.Logger.Handler()}).With("component", "mochi"),
+		// The Server's logger carries the caller's component (the gateway:
+		// component=mqtt); a second component key would repeat it.
+		Logger: slog.New(mochiLogHandler{opts.Logger.Handler()}).With("lib", "mochi"),
 		// $SYS updates call runtime.ReadMemStats (a stop-the-world pause);
 		// once a second is wasteful on a gateway.
 		SysTopicResendInterval: 10,
@@ -127,21 +177,37 @@ func New(opts Options) (*Server, error) {
 	if err := ms.AddHook(s.hook, nil); err != nil {
 		return nil, fmt.Errorf("mqtt: add hook: %w", err)
 	}
-	// Our own inline client rather than mochi's: its publishes carry user
-	// properties (mochi's Server.Publish cannot), and the hook recognises
-	// them by Net.Inline and never sends them to the Sink.
+	if opts.Store.State != nil {
+		s.store = newStore(s, opts.Store)
+		if err := ms.AddHook(s.store, nil); err != nil {
+			return nil, fmt.Errorf("mqtt: add store hook: %w", err)
+		}
+	}
+	// Our own inline clients rather than mochi's: their publishes carry
+	// user properties (mochi's Server.Publish cannot), and the hook
+	// recognises them by Net.Inline and never sends them to the Sink.
 	s.inline = ms.NewClient(nil, mochi.LocalListener, "ferry-local", true)
 	s.inline.Properties.ProtocolVersion = 5
-	for _, l := range opts.Listeners {
-		s.lns = append(s.lns, newListener(l, opts.ConnectTimeout))
+	s.origins.New = func() any {
+		cl := ms.NewClient(nil, mochi.LocalListener, "", true)
+		cl.Properties.ProtocolVersion = 5
+		return cl
 	}
+	s.pre = newPreAuth(s.opts.MaxPending, func() { s.hook.stats.pendingClosed.Add(1) })
+	for _, l := range s.opts.Listeners {
+		ln := newListener(l, &s.opts, s.pre, &s.hook.stats)
+		ln.log = log
+		ln.disconnect = s.disconnectListener
+		s.lns = append(s.lns, ln)
+	}
+	opts.Ingest.AddLocal(s)
 	return s, nil
 }
 
 func (o *Options) setDefaults() error {
 	var errs []error
-	if o.Sink == nil {
-		errs = append(errs, errors.New("sink is required"))
+	if o.Ingest == nil {
+		errs = append(errs, errors.New("ingest core is required"))
 	}
 	if o.Auth == nil {
 		errs = append(errs, errors.New("auth is required (use message.AllowAll for an open broker)"))
@@ -171,6 +237,9 @@ func (o *Options) setDefaults() error {
 		default:
 			errs = append(errs, fmt.Errorf("listeners[%d] %q: kind must be tcp, tls or ws (got %q)", i, l.Name, l.Kind))
 		}
+		if l.CertUsername != nil && (l.TLS == nil || l.TLS.ClientCAs == nil || l.TLS.ClientAuth < tls.VerifyClientCertIfGiven) {
+			errs = append(errs, fmt.Errorf("listeners[%d] %q: usernames from certificates need a TLS config that verifies client certificates", i, l.Name))
+		}
 	}
 	if o.PublishRate < 0 || math.IsNaN(o.PublishRate) {
 		errs = append(errs, fmt.Errorf("publish rate must be >= 0 (got %v)", o.PublishRate))
@@ -184,17 +253,24 @@ func (o *Options) setDefaults() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("mqtt: options: %w", errors.Join(errs...))
 	}
-	if o.Router == nil {
-		o.Router = defaultRouter{}
-	}
 	if o.AcceptTimeout <= 0 {
 		o.AcceptTimeout = DefaultAcceptTimeout
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = DefaultReadTimeout
+	}
+	o.MaxPending = orDefault(o.MaxPending, DefaultMaxPending)
+	if o.MaxConnectSize <= 0 {
+		o.MaxConnectSize = DefaultMaxConnectSize
+	}
 	o.MaxConnections = orDefault(o.MaxConnections, DefaultMaxConnections)
 	o.MaxPacketSize = orDefault(o.MaxPacketSize, DefaultMaxPacketSize)
+	if o.MaxPacketSize > 0 {
+		o.MaxConnectSize = min(o.MaxConnectSize, o.MaxPacketSize)
+	}
 	o.MaxTopicLength = orDefault(o.MaxTopicLength, DefaultMaxTopicLength)
 	if o.MaxTopicLength < 0 || o.MaxTopicLength > message.MaxTopicLen {
 		o.MaxTopicLength = message.MaxTopicLen
@@ -202,6 +278,16 @@ func (o *Options) setDefaults() error {
 	o.MaxTopicLevels = orDefault(o.MaxTopicLevels, DefaultMaxTopicLevels)
 	if o.SubscriberQueue <= 0 {
 		o.SubscriberQueue = DefaultSubscriberQueue
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = DefaultMaxInflight
+	}
+	o.MaxInflight = min(o.MaxInflight, math.MaxUint16)
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.WriteBuffer <= 0 {
+		o.WriteBuffer = DefaultWriteBuffer + max(o.MaxPacketSize, 0)
 	}
 	if o.PublishRate > 0 && o.PublishBurst == 0 {
 		o.PublishBurst = max(1, int(math.Ceil(o.PublishRate)))
@@ -234,6 +320,11 @@ func capabilities(o *Options) *mochi.Capabilities {
 		c.MaximumPacketSize = uint32(o.MaxPacketSize)
 	}
 	c.MaximumClientWritesPending = int32(o.SubscriberQueue)
+	// The hook disconnects a subscriber at SubscriberQueue unacknowledged
+	// deliveries (OnQosPublish); mochi's own bound, past which it drops
+	// silently, sits above that and the inbound QoS 2 flows.
+	c.MaximumInflight = uint16(min(math.MaxUint16, o.SubscriberQueue+o.MaxInflight+16))
+	c.ReceiveMaximum = uint16(o.MaxInflight)
 	// Sessions of clean=false clients live in memory only; forget them after
 	// a day rather than never.
 	c.MaximumSessionExpiryInterval = 24 * 60 * 60
@@ -241,10 +332,6 @@ func capabilities(o *Options) *mochi.Capabilities {
 	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
-
-type defaultRouter struct{}
-
-func (defaultRouter) Route(string) message.Route { return message.Route{} }
 
 // Start binds every listener and starts serving. It returns once all
 // listeners are bound (or the first error, after releasing what was bound).
@@ -269,9 +356,18 @@ func (s *Server) start() error {
 			return fmt.Errorf("mqtt: listener %s (%s %s): %w", l.id, l.kind, l.address, err)
 		}
 	}
+	if s.store != nil {
+		if err := s.store.restore(); err != nil {
+			s.closeMochi()
+			return err
+		}
+	}
 	if err := s.ms.Serve(); err != nil {
 		s.closeMochi()
 		return fmt.Errorf("mqtt: serve: %w", err)
+	}
+	if s.store != nil {
+		go s.store.expireLoop()
 	}
 	s.started.Store(true)
 	for _, l := range s.lns {
@@ -313,19 +409,29 @@ func (s *Server) closeMochi() {
 	s.closeOnce.Do(func() {
 		s.hook.shutdown()
 		_ = s.ms.Close() // always nil
+		if s.store != nil {
+			s.store.shutdown()
+			if s.started.Load() {
+				<-s.store.done
+			}
+		}
 		close(s.closed)
 	})
 	<-s.closed
 }
 
 // PublishLocal delivers m to the local MQTT subscribers of m.Topic (as
-// retained when m.Retain), with m.Headers as MQTT 5 user properties. It is
-// how STOMP messages and upstream commands reach MQTT devices. The message
-// never goes to the Sink or to Options.Local. Invalid topics and expired
-// messages are dropped and logged. Safe for concurrent use; it does not
-// block on slow subscribers (mochi drops for a full subscriber queue, counted
-// in Stats.SubscriberDrops). The caller must not modify m afterwards: a
-// retained message keeps its payload.
+// retained when m.Retain), with m.Headers as MQTT 5 user properties and its
+// MQTT 5 response topic, correlation data, payload format and remaining
+// expiry. It is the fan-out of every accepted message, MQTT ones included
+// (mochi is told not to deliver them itself, so that delivery follows the
+// commit), and how STOMP messages and upstream commands reach MQTT devices.
+// A message from an MQTT client is published in that client's name, so
+// that a subscription with No Local does not get it back. Invalid topics and
+// expired messages are dropped and logged. Safe for concurrent use; it never
+// blocks on a slow subscriber (mochi queues per subscriber and drops when
+// full, counted in Stats.SubscriberDrops; socket writes never block). The
+// caller must not modify m afterwards: a retained message keeps its payload.
 func (s *Server) PublishLocal(m *message.Message) {
 	if s.hook.closing.Load() {
 		return
@@ -334,26 +440,23 @@ func (s *Server) PublishLocal(m *message.Message) {
 		s.log.Warn("mqtt publish local: invalid topic", "topic", m.Topic, "msg_id", m.ID, "err", err)
 		return
 	}
-	qos := min(m.QoS, 2)
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: m.Retain},
-		TopicName:   m.Topic,
-		Payload:     m.Payload,
-		PacketID:    uint16(qos), // any non-zero id for QoS > 0; inline publishes are not acknowledged
-		Properties:  packets.Properties{ContentType: m.ContentType},
+	pk, ok := localPacket(m, s.opts.Now())
+	if !ok {
+		s.log.Debug("mqtt publish local: expired", "topic", m.Topic, "msg_id", m.ID)
+		return
 	}
-	for _, h := range m.Headers {
-		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: h.Key, Val: h.Value})
+	if m.Retain && s.store != nil && !s.store.retain(m) {
+		pk.FixedHeader.Retain = false // over max_retained_bytes: delivered, not retained
 	}
-	if !m.ExpiresAt.IsZero() {
-		left := m.ExpiresAt.Sub(s.opts.Now())
-		if left <= 0 {
-			s.log.Debug("mqtt publish local: expired", "topic", m.Topic, "msg_id", m.ID)
-			return
-		}
-		pk.Properties.MessageExpiryInterval = uint32(min(math.MaxUint32, max(1, math.Ceil(left.Seconds()))))
+	from := s.inline
+	if m.Source.Protocol == message.ProtoMQTT && m.Source.ClientID != "" {
+		// mochi stamps the publishing client's id as the packet's origin,
+		// which No Local compares with the subscriber's.
+		from = s.origins.Get().(*mochi.Client)
+		from.ID = m.Source.ClientID
+		defer s.origins.Put(from)
 	}
-	if err := s.ms.InjectPacket(s.inline, pk); err != nil {
+	if err := s.ms.InjectPacket(from, pk); err != nil {
 		s.log.Warn("mqtt publish local failed", "topic", m.Topic, "msg_id", m.ID, "err", err)
 		return
 	}
@@ -365,4 +468,55 @@ func (s *Server) Stats() Stats {
 	st := s.hook.stats.snapshot()
 	st.ClientsConnected = atomic.LoadInt64(&s.ms.Info.ClientsConnected)
 	return st
+}
+
+// localPacket is the PUBLISH that delivers m locally (PublishLocal), and
+// false when m has expired at now.
+func localPacket(m *message.Message, now time.Time) (packets.Packet, bool) {
+	qos := min(m.QoS, 2)
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: m.Retain},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		PacketID:    uint16(qos), // any non-zero id for QoS > 0; inline publishes are not acknowledged
+		Properties: packets.Properties{ContentType: m.ContentType, ResponseTopic: m.ResponseTopic,
+			CorrelationData: m.CorrelationData},
+	}
+	if m.PayloadUTF8 {
+		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = 1, true
+	}
+	for _, h := range m.Headers {
+		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: h.Key, Val: h.Value})
+	}
+	if !m.ExpiresAt.IsZero() {
+		left := m.ExpiresAt.Sub(now)
+		if left <= 0 {
+			return pk, false
+		}
+		pk.Properties.MessageExpiryInterval = uint32(min(math.MaxUint32, max(1, math.Ceil(left.Seconds()))))
+	}
+	return pk, true
+}
+
+// StoreStats returns the vitals of the local state (zero without a Store).
+func (s *Server) StoreStats() StoreStats {
+	if s.store == nil {
+		return StoreStats{}
+	}
+	return s.store.stats()
+}
+
+// disconnectListener is mochi's closeListenerClients (what Server.Close
+// hands each listener's Close) without its Clients.GetByListener, which
+// takes the clients' read lock twice: a client connecting or leaving
+// between the two (its Add or Delete waiting for the write lock) blocks
+// the second for good, and with it every later client and Close
+// (mochi-mqtt/server#488, seen here as a shutdown that never finished).
+// GetAll takes the lock once.
+func (s *Server) disconnectListener(id string) {
+	for _, cl := range s.ms.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = s.ms.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }

@@ -87,7 +87,7 @@ func (g *groupCommitSink) Accept(ctx context.Context, m *message.Message) error 
 // perIter messages in all and waits for every receipt.
 func benchSend(b *testing.B, sink message.Sink, conns, topics int) {
 	const perIter = 2000
-	_, addr := startServer(b, Options{Sink: sink, MaxPipelined: 256})
+	_, addr := startServer(b, testOptions{Sink: sink, Options: Options{MaxPipelined: 256}})
 	clients := make([]*rawClient, conns)
 	for i := range clients {
 		clients[i] = connectRaw(b, addr, V12)

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/ferrymq/ferry/internal/testkit/recsink"
+	"github.com/ferrymq/ferry/protocols/ingest"
 )
 
 // TestChurn runs publishers, subscribers with every ack mode (acking,
@@ -17,9 +20,11 @@ import (
 // race detector: every receipt must match a stored message, nothing may
 // panic, deadlock or leak (goleak in TestMain).
 func TestChurn(t *testing.T) {
-	sink := &memSink{delay: 200 * time.Microsecond}
-	s, addr := startServer(t, Options{Sink: sink, SubscriptionQueue: 20, MaxPipelined: 16, HeartBeat: [2]time.Duration{200 * time.Millisecond, 200 * time.Millisecond}})
-	deadline := time.Now().Add(10 * time.Second)
+	sink := &recsink.Sink{Delay: 200 * time.Microsecond}
+	s, addr := startServer(t, testOptions{Sink: sink, Options: Options{SubscriptionQueue: 20, MaxPipelined: 16, HeartBeat: [2]time.Duration{200 * time.Millisecond, 200 * time.Millisecond}}})
+	// One hang guard for every connection of the run: a slow machine makes
+	// the churn slower, and only a hang may reach it (it was 10s).
+	deadline := time.Now().Add(guard())
 	dial := func(v Version, hb string) (net.Conn, *Reader, bool) {
 		nc, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -108,6 +113,8 @@ func TestChurn(t *testing.T) {
 				}
 				v := Version(sb % 3)
 				_, _ = nc.Write(AppendFrame(nil, frame.New(frame.SUBSCRIBE, frame.Destination, kind+"churn.*", frame.Id, "s", frame.Ack, mode), v))
+				// How long this subscriber stays: part of the churn, not a
+				// bound (a slow machine only means fewer messages in it).
 				stop := time.Now().Add(time.Duration(200+rand.IntN(400)) * time.Millisecond)
 				for time.Now().Before(stop) {
 					_ = nc.SetReadDeadline(stop)
@@ -140,13 +147,13 @@ func TestChurn(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got := int64(len(sink.messages())); got != receipts.Load() {
+	if got := int64(len(sink.Messages())); got != receipts.Load() {
 		t.Errorf("sink has %d messages, %d receipts were sent", got, receipts.Load())
 	}
 	waitFor(t, "connections to end", func() bool { return s.Stats().ConnectionsCurrent == 0 })
 	st := s.Stats()
 	t.Logf("stats: %+v", st)
-	if st.Errors[ReasonMalformed] != 1 || st.ReceiptsSent != uint64(receipts.Load()) {
+	if st.Errors[ingest.ReasonMalformed] != 1 || st.ReceiptsSent != uint64(receipts.Load()) {
 		t.Errorf("stats %+v", st)
 	}
 }

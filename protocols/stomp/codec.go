@@ -56,6 +56,10 @@ type Limits struct {
 	MaxBody    int // body bytes; default 1 MiB
 	MaxHeaders int // header lines; default 64
 	MaxLine    int // bytes in the command or one header line, EOL excluded; default 8 KiB
+	// MaxFrame, when not 0, bounds the whole frame: command, header lines
+	// and body together (the server reads CONNECT, before the login, with
+	// a small one).
+	MaxFrame int
 }
 
 // Default limits.
@@ -87,6 +91,7 @@ type Reader struct {
 	br      *bufio.Reader
 	lim     Limits
 	version Version
+	used    int // bytes of the current frame, counted against lim.MaxFrame
 
 	// FrameStarted, when set, is called once the first byte of a frame
 	// (not a heart-beat EOL) has been read, before the rest of it. The
@@ -101,6 +106,14 @@ func NewReader(r io.Reader, lim Limits) *Reader {
 	lim = lim.withDefaults()
 	// The buffer holds a whole line, so ReadSlice can bound it.
 	return &Reader{br: bufio.NewReaderSize(r, max(4096, lim.MaxLine+2)), lim: lim}
+}
+
+// SetLimits replaces the limits for the frames read from now on. Lines
+// are never longer than the limits the Reader was made with.
+func (r *Reader) SetLimits(lim Limits) {
+	lim = lim.withDefaults()
+	lim.MaxLine = min(lim.MaxLine, r.br.Size()-2)
+	r.lim = lim
 }
 
 // SetVersion sets the version whose header escaping Read undoes: none for
@@ -146,6 +159,7 @@ func (r *Reader) Read() (*frame.Frame, error) {
 		return nil, nil
 	}
 	_ = r.br.UnreadByte()
+	r.used = 0
 	if r.FrameStarted != nil {
 		r.FrameStarted()
 	}
@@ -192,13 +206,17 @@ func (r *Reader) Read() (*frame.Frame, error) {
 }
 
 func (r *Reader) body(h *frame.Header) ([]byte, error) {
+	maxBody := r.lim.MaxBody
+	if r.lim.MaxFrame > 0 {
+		maxBody = min(maxBody, max(0, r.lim.MaxFrame-r.used))
+	}
 	if cl, ok := h.Contains(frame.ContentLength); ok {
 		n, err := strconv.ParseUint(cl, 10, 63)
 		if err != nil {
 			return nil, fmt.Errorf("%w: content-length %s is not a non-negative integer", ErrMalformedFrame, quoteTrunc([]byte(cl)))
 		}
-		if n > uint64(r.lim.MaxBody) {
-			return nil, fmt.Errorf("%w: content-length %d exceeds the limit of %d bytes", ErrFrameTooLarge, n, r.lim.MaxBody)
+		if n > uint64(maxBody) {
+			return nil, fmt.Errorf("%w: content-length %d exceeds the limit of %d bytes", ErrFrameTooLarge, n, maxBody)
 		}
 		body := make([]byte, n)
 		if _, err := io.ReadFull(r.br, body); err != nil {
@@ -219,8 +237,8 @@ func (r *Reader) body(h *frame.Header) ([]byte, error) {
 	var body []byte
 	for {
 		chunk, err := r.br.ReadSlice(0)
-		if len(body)+len(chunk) > r.lim.MaxBody+1 {
-			return nil, fmt.Errorf("%w: body exceeds the limit of %d bytes", ErrFrameTooLarge, r.lim.MaxBody)
+		if len(body)+len(chunk) > maxBody+1 {
+			return nil, fmt.Errorf("%w: body exceeds the limit of %d bytes", ErrFrameTooLarge, maxBody)
 		}
 		body = append(body, chunk...)
 		if err == nil {
@@ -245,6 +263,9 @@ func (r *Reader) line() ([]byte, error) {
 	}
 	if err != nil {
 		return nil, eof(err)
+	}
+	if r.used += len(b); r.lim.MaxFrame > 0 && r.used > r.lim.MaxFrame {
+		return nil, fmt.Errorf("%w: more than %d bytes", ErrFrameTooLarge, r.lim.MaxFrame)
 	}
 	b = b[:len(b)-1]
 	if len(b) > 0 && b[len(b)-1] == '\r' {

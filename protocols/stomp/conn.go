@@ -2,7 +2,9 @@ package stomp
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,7 +15,9 @@ import (
 	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
+	"golang.org/x/time/rate"
 
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
@@ -35,15 +39,22 @@ type pending struct {
 	done       chan struct{}
 	receipt    string
 	hasReceipt bool
-	msg        *message.Message // a SEND; fanned out when accepted
+	msg        *message.Message // a SEND
+	dest       string           // its destination, for the error text
 	disconnect bool
+	// A COMMIT: the transaction's SENDs, stored all or none, and its ACKs
+	// and NACKs, applied once they are.
+	batch []*message.Message
+	acks  []txAck
+	tx    string
 
 	// Set (before done is closed) when the frame failed: the writer sends
 	// an ERROR and ends the connection.
-	failed bool
-	reason int
-	errMsg string
-	detail string
+	failed    bool
+	reason    ingest.Reason
+	uncounted bool // not a refusal (heart-beat timeout): not in Stats.Errors
+	errMsg    string
+	detail    string
 }
 
 // conn is one client connection. Goroutines: the reader (serve), the writer
@@ -55,18 +66,28 @@ type conn struct {
 	r   *Reader
 	log *slog.Logger
 
+	certUsername func(*x509.Certificate) (string, error) // from the listener; nil: none
+	pending      *pendingConn                            // in the pre-login set until CONNECTED
+
 	// Set during CONNECT, read-only afterwards.
-	session string
-	login   string
-	version Version
-	hbIn    time.Duration // expected client->server interval; 0: none
-	hbOut   time.Duration // server->client interval; 0: none
+	counted  bool   // holds a slot in Server's sessions count (MaxConnections)
+	session  string // server-made, unique: the CONNECTED session header
+	clientID string // the client-id header, else session: %c in ACLs, Source.ClientID
+	login    string
+	limiter  *rate.Limiter // nil without PublishRate
+	version  Version
+	hbIn     time.Duration // expected client->server interval; 0: none
+	hbOut    time.Duration // server->client interval; 0: none
 
 	ordered chan *pending // reader -> writer, in frame order
 	wake    chan struct{} // cap 1: deliveries are waiting or acks made room
+	stream  *ingest.Stream
 
-	frameStarted bool                // reader goroutine only
-	lastByTopic  map[string]*pending // reader only: last SEND per topic, for ordering
+	frameStarted bool // reader goroutine only
+
+	// Open transactions (reader goroutine only) and what they hold in all.
+	txs             map[string]*stompTx
+	txMsgs, txBytes int
 
 	dlMu      sync.Mutex // orders read-deadline changes against stop/kill
 	stopping  bool       // the server is closing
@@ -74,10 +95,13 @@ type conn struct {
 	killed    atomic.Bool
 
 	// writer goroutine only
+	perFrame   bool // each frame is written on its own: one WebSocket message per frame
 	wbuf       []byte
 	lastWrite  time.Time
-	lastReason int  // reason of the last ERROR built (writer, or reader before CONNECTED)
-	dead       bool // no more writes: the connection failed or ended
+	lastReason ingest.Reason // reason of the last ERROR built (writer, or reader before CONNECTED)
+	lastCount  bool          // count lastReason when the ERROR is written directly
+	dead       bool          // no more writes: the connection failed or ended
+	slow       atomic.Bool   // disconnected as a slow consumer
 
 	mu      sync.Mutex // guards the fields below and the subscriptions' queues
 	subs    map[string]*subscription
@@ -95,9 +119,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		wake:    make(chan struct{}, 1),
 		subs:    map[string]*subscription{},
 		acks:    map[string]*delivery{},
-
-		lastByTopic: map[string]*pending{},
 	}
+	_, c.perFrame = nc.(*wsConn)
 	c.r = NewReader(nc, Limits{MaxBody: s.opts.MaxFrameSize, MaxHeaders: s.opts.MaxHeaders, MaxLine: s.opts.MaxHeaderLine})
 	c.r.FrameStarted = c.onFrameStarted
 	return c
@@ -106,12 +129,18 @@ func newConn(s *Server, nc net.Conn) *conn {
 // serve runs the connection to its end.
 func (c *conn) serve() {
 	defer func() { _ = c.nc.Close() }()
-	if !c.connect() {
+	ok := c.connect()
+	c.pending.Done()
+	if !ok {
+		if c.counted {
+			c.s.c.sessions.Add(-1)
+		}
 		c.linger()
 		return
 	}
-	c.s.c.connTotal.Add(1)
+	defer c.s.c.sessions.Add(-1)
 	c.log.Debug("stomp client connected", "version", c.version.String(), "heart_beat_in", c.hbIn, "heart_beat_out", c.hbOut)
+	c.stream = c.s.opts.Ingest.NewStream(c.s.ctx, c.s.opts.MaxPipelined, c.answer)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -120,6 +149,7 @@ func (c *conn) serve() {
 	c.readLoop()
 	close(c.ordered)
 	<-writerDone
+	c.stream.Close()
 	c.teardown()
 	if c.killed.Load() {
 		c.linger()
@@ -135,6 +165,19 @@ func (c *conn) linger() {
 	}
 	c.setReadDeadline(time.Now().Add(lingerTime))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, int64(c.s.opts.MaxFrameSize)+1<<20))
+}
+
+// slowConsumer ends a connection whose subscriber does not keep up: its
+// socket is closed at once (its writer may be stuck in a write), which ends
+// the reader and the session. It never blocks.
+func (c *conn) slowConsumer() {
+	if !c.slow.CompareAndSwap(false, true) {
+		return
+	}
+	c.s.c.slowConsumers.Add(1)
+	c.log.Info("stomp subscriber disconnected: not keeping up", "queue", c.s.opts.SubscriptionQueue)
+	c.killed.Store(true)
+	_ = c.nc.Close()
 }
 
 // stop makes the reader give up: called by Server.Close.
@@ -186,8 +229,15 @@ func (c *conn) readFrame() (*frame.Frame, error) {
 
 // connect reads and answers the CONNECT frame. It writes the answer itself
 // (the writer is not running yet) and reports whether the session is up.
+// Before the login, the frame is read with the small MaxConnectSize limit
+// and within ConnectTimeout.
 func (c *conn) connect() bool {
-	c.setReadDeadline(time.Now().Add(c.s.opts.ReadTimeout))
+	deadline := time.Now().Add(c.s.opts.ConnectTimeout)
+	c.setReadDeadline(deadline)
+	lim := Limits{MaxBody: c.s.opts.MaxFrameSize, MaxHeaders: c.s.opts.MaxHeaders, MaxLine: c.s.opts.MaxHeaderLine}
+	pre := lim
+	pre.MaxFrame = c.s.opts.MaxConnectSize
+	c.r.SetLimits(pre)
 	var f *frame.Frame
 	for f == nil {
 		var err error
@@ -198,34 +248,76 @@ func (c *conn) connect() bool {
 			return false
 		}
 	}
+	c.r.SetLimits(lim)
 	if f.Command != frame.CONNECT && f.Command != frame.STOMP {
-		c.failDirect(f, ReasonProtocol, "expected CONNECT or STOMP, got "+f.Command, "")
+		c.failDirect(f, ingest.ReasonProtocol, "expected CONNECT or STOMP, got "+f.Command, "")
 		return false
 	}
 	_, explicit := f.Header.Contains(frame.AcceptVersion)
 	v, ok := negotiate(f.Header)
 	if !ok {
-		c.failDirect(f, ReasonVersion, "supported protocol versions are 1.0 1.1 1.2", "", frame.Version, "1.0,1.1,1.2")
+		c.failDirect(f, ingest.ReasonVersion, "supported protocol versions are 1.0 1.1 1.2", "", frame.Version, "1.0,1.1,1.2")
 		return false
 	}
 	c.version = v
+	// The slot is taken here, before the login, and given back by serve
+	// if the login fails: checked and taken in one step, so that a second
+	// CONNECT cannot slip in before the first is counted (it did, on a
+	// slow machine: the count went up only after CONNECTED was sent).
+	c.counted = true
+	if n, max := c.s.c.sessions.Add(1), c.s.opts.MaxConnections; max > 0 && n > int64(max) {
+		c.s.c.connRefused.Add(1)
+		c.log.Warn("connection refused: too many connections", "remote", c.nc.RemoteAddr().String(), "max", max)
+		c.failDirect(f, ingest.ReasonQuota, "too many connections", "at most "+strconv.Itoa(max))
+		return false
+	}
 	login, _ := f.Header.Contains(frame.Login)
 	pass, hasPass := f.Header.Contains(frame.Passcode)
-	if err := c.s.opts.Auth.Authenticate(login, pass, hasPass); err != nil {
-		c.log.Info("stomp login refused", "user", login, "remote", c.nc.RemoteAddr().String(), "err", err)
-		c.failDirect(f, ReasonAuth, "authentication failed", err.Error())
+	l := message.Login{Username: login, Password: pass, HasPassword: hasPass, Remote: c.nc.RemoteAddr().String(), Protocol: message.ProtoSTOMP}
+	if name, ok, err := c.certUser(); err != nil {
+		c.log.Info("stomp login refused", "user", login, "remote", l.Remote, "err", err)
+		c.failDirect(f, ingest.ReasonNotAuthorized, "authentication failed", err.Error())
+		return false
+	} else if ok {
+		if login != "" && login != name {
+			c.log.Info("stomp login refused", "user", login, "remote", l.Remote, "err", "login is not the certificate's user", "cert_user", name)
+			c.failDirect(f, ingest.ReasonNotAuthorized, "authentication failed", "login "+strconv.Quote(login)+" is not the certificate's user")
+			return false
+		}
+		login = name
+		l = message.Login{Username: name, Certified: true, Remote: l.Remote, Protocol: message.ProtoSTOMP}
+	}
+	ctx, cancel := context.WithDeadline(c.pending.Context(), deadline)
+	stop := context.AfterFunc(c.s.ctx, cancel)
+	err := c.s.opts.Auth.Authenticate(ctx, l)
+	stop()
+	cancel()
+	if err != nil {
+		c.log.Info("stomp login refused", "user", login, "remote", l.Remote, "err", err)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			c.failDirect(f, ingest.ReasonTimeout, "server busy: login not checked in time, try again", "")
+			return false
+		}
+		c.failDirect(f, ingest.ReasonNotAuthorized, "authentication failed", err.Error())
 		return false
 	}
 	c.login = login
 	c.session = c.s.newSessionID()
-	c.log = c.s.log.With("client_id", c.session, "user", login)
+	c.clientID = c.session
+	if id, ok := f.Header.Contains(clientIDHeader); ok && id != "" {
+		c.clientID = id
+	}
+	if c.s.opts.PublishRate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(c.s.opts.PublishRate), c.s.opts.PublishBurst)
+	}
+	c.log = c.s.log.With("client_id", c.clientID, "session", c.session, "user", login)
 	hdr := []string{frame.Session, c.session, frame.Server, "ferry"}
 	if v >= V11 {
 		cx, cy := time.Duration(0), time.Duration(0)
 		if hb, ok := f.Header.Contains(frame.HeartBeat); ok {
 			var err error
 			if cx, cy, err = frame.ParseHeartBeat(hb); err != nil {
-				c.failDirect(f, ReasonProtocol, "invalid heart-beat header", "want two non-negative integers (ms), e.g. 10000,10000")
+				c.failDirect(f, ingest.ReasonProtocol, "invalid heart-beat header", "want two non-negative integers (ms), e.g. 10000,10000")
 				return false
 			}
 		}
@@ -242,7 +334,32 @@ func (c *conn) connect() bool {
 		hdr = append([]string{frame.Version, v.String()}, hdr...)
 	}
 	c.r.SetVersion(v)
+	// Counted before CONNECTED goes out: a client that has its CONNECTED
+	// finds itself in Stats (it did not, on a slow machine).
+	c.s.c.connTotal.Add(1)
 	return c.writeDirect(frame.New(frame.CONNECTED, hdr...))
+}
+
+// clientIDHeader is the CONNECT header that names the client (as ActiveMQ
+// and Artemis read it): %c in ACLs and the message source's client id.
+const clientIDHeader = "client-id"
+
+// certUser returns the user named by the client's verified certificate, if
+// the listener maps certificates to users and the client sent one.
+func (c *conn) certUser() (string, bool, error) {
+	tc, ok := tlsConnOf(c.nc)
+	if c.certUsername == nil || !ok {
+		return "", false, nil
+	}
+	cs := tc.ConnectionState()
+	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return "", false, nil
+	}
+	name, err := c.certUsername(cs.PeerCertificates[0])
+	if err != nil {
+		return "", false, fmt.Errorf("%w: client certificate: %w", message.ErrNotAuthorized, err)
+	}
+	return name, true, nil
 }
 
 // negotiate picks the highest version both sides speak; no accept-version
@@ -272,7 +389,7 @@ func negotiate(h *frame.Header) (Version, bool) {
 	return best, found
 }
 
-func (c *conn) failDirect(f *frame.Frame, reason int, msg, detail string, extra ...string) {
+func (c *conn) failDirect(f *frame.Frame, reason ingest.Reason, msg, detail string, extra ...string) {
 	p := &pending{failed: true, reason: reason, errMsg: msg, detail: detail}
 	p.receipt, p.hasReceipt = f.Header.Contains(frame.Receipt)
 	ef := c.errorFrame(p)
@@ -283,7 +400,7 @@ func (c *conn) failDirect(f *frame.Frame, reason int, msg, detail string, extra 
 }
 
 func (c *conn) writeDirect(f *frame.Frame) bool {
-	if f.Command == frame.ERROR && c.lastReason >= 0 {
+	if f.Command == frame.ERROR && c.lastCount {
 		c.s.c.errors[c.lastReason].Add(1)
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
@@ -315,25 +432,27 @@ func (c *conn) readLoop() {
 // readError turns a read error into the ERROR to send, or nil when the peer
 // is gone and there is nobody to tell.
 func (c *conn) readError(err error) *pending {
-	fail := func(reason int, msg string) *pending {
-		c.log.Info("stomp frame refused", "reason", ReasonNames[reason], "err", err)
+	fail := func(reason ingest.Reason, msg string) *pending {
+		if ok, n := c.s.refusals.Allow(reason); ok {
+			c.log.Info("stomp frame refused", "remote", c.nc.RemoteAddr().String(), "reason", reason.String(), "suppressed", n, "err", err)
+		}
 		return &pending{done: closedCh, failed: true, reason: reason, errMsg: msg, detail: err.Error()}
 	}
 	var ne net.Error
 	switch {
 	case c.isStopping():
-		return &pending{done: closedCh, failed: true, reason: ReasonShuttingDown, errMsg: "server shutting down"}
+		return &pending{done: closedCh, failed: true, reason: ingest.ReasonShuttingDown, errMsg: "server shutting down"}
 	case errors.As(err, &ne) && ne.Timeout():
 		if c.frameStarted || c.session == "" {
-			return fail(ReasonReadTimeout, "frame not completed in time")
+			return fail(ingest.ReasonReadTimeout, "frame not completed in time")
 		}
 		c.s.c.hbTimeouts.Add(1)
 		c.log.Info("stomp heart-beat timeout", "heart_beat_in", c.hbIn)
-		return &pending{done: closedCh, failed: true, reason: -1, errMsg: "heart-beat timeout"}
+		return &pending{done: closedCh, failed: true, uncounted: true, errMsg: "heart-beat timeout"}
 	case errors.Is(err, ErrFrameTooLarge), errors.Is(err, ErrTooManyHeaders), errors.Is(err, ErrLineTooLong):
-		return fail(ReasonTooLarge, "frame too large")
+		return fail(ingest.ReasonTooLarge, "frame too large")
 	case errors.Is(err, ErrMalformedFrame):
-		return fail(ReasonMalformed, "malformed frame")
+		return fail(ingest.ReasonMalformed, "malformed frame")
 	}
 	c.log.Debug("stomp read ended", "err", err)
 	return nil
@@ -345,10 +464,14 @@ func (c *conn) push(p *pending) {
 }
 
 // fail queues an ERROR answering f; the reader stops after it.
-func (c *conn) fail(f *frame.Frame, reason int, msg, detail string) bool {
+func (c *conn) fail(f *frame.Frame, reason ingest.Reason, msg, detail string) bool {
 	p := &pending{done: closedCh, failed: true, reason: reason, errMsg: msg, detail: detail}
 	p.receipt, p.hasReceipt = f.Header.Contains(frame.Receipt)
-	c.log.Info("stomp frame refused", "reason", ReasonNames[reason], "command", f.Command, "err", msg)
+	if ok, n := c.s.refusals.Allow(reason); ok {
+		dest, _ := f.Header.Contains(frame.Destination)
+		c.log.Info("stomp frame refused", "remote", c.nc.RemoteAddr().String(), "command", f.Command, "destination", dest,
+			"reason", reason.String(), "suppressed", n, "err", msg)
+	}
 	c.push(p)
 	return true
 }
@@ -376,12 +499,16 @@ func (c *conn) handle(f *frame.Frame) bool {
 		p.receipt, p.hasReceipt = f.Header.Contains(frame.Receipt)
 		c.push(p)
 		return true
-	case frame.BEGIN, frame.COMMIT, frame.ABORT:
-		return c.fail(f, ReasonProtocol, "transactions are not supported", "send without a transaction header")
+	case frame.BEGIN:
+		return c.onBegin(f)
+	case frame.COMMIT:
+		return c.onCommit(f)
+	case frame.ABORT:
+		return c.onAbort(f)
 	case frame.CONNECT, frame.STOMP:
-		return c.fail(f, ReasonProtocol, "already connected", "")
+		return c.fail(f, ingest.ReasonProtocol, "already connected", "")
 	}
-	return c.fail(f, ReasonProtocol, "unexpected command "+f.Command, "only client frames are accepted")
+	return c.fail(f, ingest.ReasonProtocol, "unexpected command "+f.Command, "only client frames are accepted")
 }
 
 // standardSendHeaders are not copied into Message.Headers.
@@ -393,20 +520,21 @@ var standardSendHeaders = map[string]bool{
 func (c *conn) onSend(f *frame.Frame) bool {
 	dest, ok := f.Header.Contains(frame.Destination)
 	if !ok {
-		return c.fail(f, ReasonProtocol, "SEND without destination header", "")
-	}
-	if _, ok := f.Header.Contains(frame.Transaction); ok {
-		return c.fail(f, ReasonProtocol, "transactions are not supported", "send without a transaction header")
+		return c.fail(f, ingest.ReasonProtocol, "SEND without destination header", "")
 	}
 	topic, _, err := message.FromSTOMP(dest)
 	if err == nil {
-		err = message.ValidateTopic(topic)
+		err = ingest.CheckTopic(topic, c.s.opts.MaxTopicLength, c.s.opts.MaxTopicLevels)
 	}
 	if err != nil {
-		return c.fail(f, ReasonInvalidDestination, "invalid destination", err.Error())
+		return c.fail(f, ingest.ReasonInvalidTopic, "invalid destination", err.Error())
 	}
-	if !c.s.opts.Auth.CanPublish(c.login, c.session, topic) {
-		return c.fail(f, ReasonNotAuthorized, "not authorized to send to "+dest, "")
+	if !c.s.opts.Auth.CanPublish(c.login, c.clientID, topic) {
+		return c.fail(f, ingest.ReasonNotAuthorized, "not authorized to send to "+dest, "")
+	}
+	if c.limiter != nil && !c.limiter.AllowN(c.s.opts.Now(), 1) {
+		return c.fail(f, ingest.ReasonQuota, "quota exceeded: message not accepted",
+			fmt.Sprintf("more than %g messages/s on this connection", c.s.opts.PublishRate))
 	}
 	now := c.s.opts.Now()
 	m := &message.Message{
@@ -414,123 +542,99 @@ func (c *conn) onSend(f *frame.Frame) bool {
 		Topic:      topic,
 		Payload:    f.Body,
 		QoS:        1,
-		Source:     message.Source{Protocol: message.ProtoSTOMP, ClientID: c.session, Username: c.login},
+		Source:     message.Source{Protocol: message.ProtoSTOMP, ClientID: c.clientID, Username: c.login},
 		AcceptedAt: now,
 	}
 	m.ContentType, _ = f.Header.Contains(frame.ContentType)
+	if id, ok := f.Header.Contains(frame.MessageId); ok && id != "" {
+		// The client names its message: sent again (after a lost
+		// receipt) it is found and not stored twice. STOMP has no DUP
+		// flag, so every such SEND is checked.
+		m.SendID, m.Resend = id, true
+	}
 	for i := range f.Header.Len() {
 		k, v := f.Header.GetAt(i)
 		if !standardSendHeaders[k] {
 			m.Headers = append(m.Headers, message.Header{Key: k, Value: v})
 		}
 	}
-	var route message.Route
-	if c.s.opts.Router != nil {
-		route = c.s.opts.Router.Route(topic)
+	if txID, ok := f.Header.Contains(frame.Transaction); ok {
+		return c.sendInTx(f, txID, m)
 	}
-	route.Apply(m)
-	p := &pending{msg: m}
+	p := &pending{msg: m, done: make(chan struct{}), dest: dest}
 	p.receipt, p.hasReceipt = f.Header.Contains(frame.Receipt)
-	if route.LocalOnly {
-		p.done = closedCh
-		c.push(p)
-		return false
+	// Submitted here, in frame order, by the reader; answered in that order
+	// by the Stream (answer) after each commit, while up to MaxPipelined are
+	// in flight. Submit waits while that many are pending: the connection
+	// is not read meanwhile.
+	if !c.stream.Submit(c.s.ctx, m, ingest.SubmitOptions{Timeout: c.s.opts.AcceptTimeout}, p) {
+		p.failed, p.reason, p.errMsg = true, ingest.ReasonShuttingDown, "server shutting down: message not accepted"
+		close(p.done)
 	}
-	p.done = make(chan struct{})
-	if os, ok := c.s.opts.Sink.(message.OrderedSink); ok {
-		// Submitted here, in frame order, by the reader: the sink keeps
-		// that order while all of them are in flight.
-		ctx, cancel := context.WithTimeout(c.s.ctx, c.s.opts.AcceptTimeout)
-		wait := os.Submit(ctx, m)
-		c.push(p)
-		go func() {
-			defer close(p.done)
-			err := wait()
-			cancel()
-			c.acceptResult(p, dest, err)
-		}()
-		return false
-	}
-	// A plain Sink gives no order between concurrent Accepts, so SENDs to
-	// one topic are accepted one after another (G3: order per topic);
-	// SENDs to different topics are in flight together.
-	prev := c.lastByTopic[topic]
-	c.lastByTopic[topic] = p
-	c.pruneTopics()
 	c.push(p)
-	go func() {
-		defer close(p.done)
-		if prev != nil {
-			<-prev.done
-			if prev.failed {
-				// The connection ends with prev's ERROR; storing this one
-				// would put it ahead of prev when the client resends.
-				p.failed, p.reason, p.errMsg = true, prev.reason, prev.errMsg
-				return
-			}
-		}
-		ctx, cancel := context.WithTimeout(c.s.ctx, c.s.opts.AcceptTimeout)
-		err := c.s.opts.Sink.Accept(ctx, m)
-		cancel()
-		c.acceptResult(p, dest, err)
-	}()
 	return false
 }
 
-// pruneTopics forgets the per-topic predecessors that are done, once the
-// map has grown: it only needs the SENDs still in flight.
-func (c *conn) pruneTopics() {
-	if len(c.lastByTopic) <= 2*c.s.opts.MaxPipelined {
+// answer records the outcome of a SEND, in frame order, for the writer;
+// the ingest core fans an accepted message out after it returns.
+func (c *conn) answer(t *ingest.Ticket, out ingest.Outcome) {
+	p := t.Tag.(*pending)
+	defer close(p.done)
+	if out.OK() {
+		c.applyAcks(p.acks) // a COMMIT's: the transaction is stored
 		return
 	}
-	for t, p := range c.lastByTopic {
-		select {
-		case <-p.done:
-			delete(c.lastByTopic, t)
-		default:
+	p.failed, p.reason, p.detail = true, out.Reason, out.Err.Error()
+	what := "message"
+	if p.batch != nil {
+		what = "transaction " + strconv.Quote(p.tx)
+	}
+	switch out.Reason {
+	case ingest.ReasonFull:
+		p.errMsg = "spool full: " + what + " not accepted, send it again later"
+	case ingest.ReasonQuota:
+		p.errMsg = "quota exceeded: " + what + " not accepted"
+	case ingest.ReasonTooLarge:
+		p.errMsg = what + " too large"
+	case ingest.ReasonExpired:
+		p.errMsg = what + " expired before it was stored"
+	case ingest.ReasonNotAuthorized:
+		p.errMsg = "not authorized to send to " + p.dest
+	case ingest.ReasonInvalidTopic:
+		p.errMsg = "invalid destination"
+	case ingest.ReasonShuttingDown:
+		p.errMsg = "server shutting down: " + what + " not accepted"
+	case ingest.ReasonTimeout:
+		p.errMsg = "timed out storing the " + what + ": not accepted"
+	default:
+		p.errMsg = "internal error: " + what + " not accepted"
+		if ok, n := c.s.refusals.Allow(out.Reason); ok {
+			c.log.Error("stomp message not stored", append(p.logAttrs(), "suppressed", n, "err", out.Err)...)
 		}
+		return
+	}
+	if ok, n := c.s.refusals.Allow(out.Reason); ok {
+		c.log.Info("stomp message refused", append(p.logAttrs(), "reason", out.Reason.String(), "suppressed", n, "err", out.Err)...)
 	}
 }
 
-// acceptResult records the Sink's answer for p (before p.done is closed).
-func (c *conn) acceptResult(p *pending, dest string, err error) {
-	if err == nil {
-		return
+// logAttrs name a SEND's message, or a COMMIT's transaction.
+func (p *pending) logAttrs() []any {
+	if p.msg == nil {
+		return []any{"transaction", p.tx, "messages", len(p.batch)}
 	}
-	p.failed = true
-	switch {
-	case errors.Is(err, message.ErrFull):
-		p.reason, p.errMsg = ReasonSinkFull, "spool full: message not accepted, send it again later"
-	case errors.Is(err, message.ErrQuotaExceeded):
-		p.reason, p.errMsg = ReasonSinkQuota, "quota exceeded: message not accepted"
-	case errors.Is(err, message.ErrTooLarge):
-		p.reason, p.errMsg = ReasonSinkTooLarge, "message too large"
-	case errors.Is(err, message.ErrExpired):
-		p.reason, p.errMsg = ReasonSinkExpired, "message expired before it was stored"
-	case errors.Is(err, message.ErrNotAuthorized):
-		p.reason, p.errMsg = ReasonNotAuthorized, "not authorized to send to "+dest
-	case errors.Is(err, message.ErrShuttingDown), c.s.ctx.Err() != nil:
-		p.reason, p.errMsg = ReasonShuttingDown, "server shutting down: message not accepted"
-	case errors.Is(err, context.DeadlineExceeded):
-		p.reason, p.errMsg = ReasonSinkTimeout, "timed out storing the message: not accepted"
-	default:
-		p.reason, p.errMsg = ReasonSinkError, "internal error: message not accepted"
-		c.log.Error("stomp sink accept failed", "topic", p.msg.Topic, "msg_id", p.msg.ID, "err", err)
-		return
-	}
-	p.detail = err.Error()
-	c.log.Info("stomp message refused", "topic", p.msg.Topic, "msg_id", p.msg.ID, "reason", ReasonNames[p.reason], "err", err)
+	return []any{"topic", p.msg.Topic, "msg_id", p.msg.ID}
 }
 
 func (c *conn) onSubscribe(f *frame.Frame) bool {
 	dest, ok := f.Header.Contains(frame.Destination)
 	if !ok {
-		return c.fail(f, ReasonProtocol, "SUBSCRIBE without destination header", "")
+		return c.fail(f, ingest.ReasonProtocol, "SUBSCRIBE without destination header", "")
 	}
 	id, ok := f.Header.Contains(frame.Id)
 	if !ok {
 		if c.version >= V11 {
-			return c.fail(f, ReasonProtocol, "SUBSCRIBE without id header", "")
+			return c.fail(f, ingest.ReasonProtocol, "SUBSCRIBE without id header", "")
 		}
 		id = dest // 1.0: the destination identifies the subscription
 	}
@@ -542,27 +646,27 @@ func (c *conn) onSubscribe(f *frame.Frame) bool {
 	case "client-individual":
 		ack = ackClientIndividual
 	default:
-		return c.fail(f, ReasonProtocol, "invalid ack mode "+strconv.Quote(a), "want auto, client or client-individual")
+		return c.fail(f, ingest.ReasonProtocol, "invalid ack mode "+strconv.Quote(a), "want auto, client or client-individual")
 	}
 	filter, kind, err := message.FilterFromSTOMP(dest)
 	if err == nil {
 		err = message.ValidateFilter(filter)
 	}
 	if err != nil {
-		return c.fail(f, ReasonInvalidDestination, "invalid destination", err.Error())
+		return c.fail(f, ingest.ReasonInvalidTopic, "invalid destination", err.Error())
 	}
-	if !c.s.opts.Auth.CanSubscribe(c.login, c.session, filter) {
-		return c.fail(f, ReasonNotAuthorized, "not authorized to subscribe to "+dest, "")
+	if !c.s.opts.Auth.CanSubscribe(c.login, c.clientID, filter) {
+		return c.fail(f, ingest.ReasonNotAuthorized, "not authorized to subscribe to "+dest, "")
 	}
 	sub := &subscription{c: c, id: id, dest: dest, filter: filter, kind: kind, ack: ack}
 	c.mu.Lock()
 	switch {
 	case c.subs[id] != nil:
 		c.mu.Unlock()
-		return c.fail(f, ReasonProtocol, "subscription id "+strconv.Quote(id)+" already in use", "")
+		return c.fail(f, ingest.ReasonProtocol, "subscription id "+strconv.Quote(id)+" already in use", "")
 	case len(c.subs) >= c.s.opts.MaxSubscriptions:
 		c.mu.Unlock()
-		return c.fail(f, ReasonTooLarge, "too many subscriptions", "at most "+strconv.Itoa(c.s.opts.MaxSubscriptions)+" per connection")
+		return c.fail(f, ingest.ReasonTooLarge, "too many subscriptions", "at most "+strconv.Itoa(c.s.opts.MaxSubscriptions)+" per connection")
 	}
 	c.subs[id] = sub
 	c.subList = append(c.subList, sub)
@@ -591,10 +695,10 @@ func (c *conn) onUnsubscribe(f *frame.Frame) bool {
 	}
 	c.mu.Unlock()
 	if !ok {
-		return c.fail(f, ReasonProtocol, "UNSUBSCRIBE without id header", "")
+		return c.fail(f, ingest.ReasonProtocol, "UNSUBSCRIBE without id header", "")
 	}
 	if sub == nil {
-		return c.fail(f, ReasonProtocol, "no subscription with id "+strconv.Quote(id), "")
+		return c.fail(f, ingest.ReasonProtocol, "no subscription with id "+strconv.Quote(id), "")
 	}
 	c.removeSub(sub)
 	c.receipt(f)
@@ -619,7 +723,7 @@ func (c *conn) removeSub(sub *subscription) {
 	for _, d := range sub.unacked {
 		delete(c.acks, d.ackID)
 	}
-	sub.queue, sub.unacked = nil, nil
+	sub.queue, sub.unacked, sub.held = nil, nil, 0
 	c.mu.Unlock()
 	c.s.release(sub, left)
 }
@@ -636,7 +740,7 @@ func (c *conn) teardown() {
 func (c *conn) onAck(f *frame.Frame) bool {
 	nack := f.Command == frame.NACK
 	if nack && c.version == V10 {
-		return c.fail(f, ReasonProtocol, "NACK is not defined in STOMP 1.0", "")
+		return c.fail(f, ingest.ReasonProtocol, "NACK is not defined in STOMP 1.0", "")
 	}
 	// 1.2 acks by the MESSAGE's ack header (sent as id); 1.0/1.1 by
 	// message-id. Accept either, the version's own form first.
@@ -649,14 +753,42 @@ func (c *conn) onAck(f *frame.Frame) bool {
 		id, ok = f.Header.Contains(second)
 	}
 	if !ok {
-		return c.fail(f, ReasonProtocol, f.Command+" without "+first+" header", "")
+		return c.fail(f, ingest.ReasonProtocol, f.Command+" without "+first+" header", "")
 	}
 	subID, hasSub := f.Header.Contains(frame.Subscription)
+	unknown := func() bool {
+		return c.fail(f, ingest.ReasonProtocol, f.Command+" for unknown message "+strconv.Quote(id), "not delivered on this connection, already acknowledged, or another subscription")
+	}
+	if txID, ok := f.Header.Contains(frame.Transaction); ok {
+		tx, ok := c.openTx(f, txID)
+		if !ok {
+			return true
+		}
+		c.mu.Lock()
+		d := c.acks[id]
+		c.mu.Unlock()
+		if d == nil || (hasSub && d.sub.id != subID) {
+			return unknown()
+		}
+		tx.acks = append(tx.acks, txAck{nack: nack, id: id, subID: subID, hasSub: hasSub})
+		c.receipt(f)
+		return false
+	}
+	if !c.ack(id, subID, hasSub, nack) {
+		return unknown()
+	}
+	c.receipt(f)
+	return false
+}
+
+// ack acknowledges (or, with nack, refuses) the delivery acked as id; false
+// when there is none (on subscription subID, when hasSub).
+func (c *conn) ack(id, subID string, hasSub, nack bool) bool {
 	c.mu.Lock()
 	d := c.acks[id]
 	if d == nil || (hasSub && d.sub.id != subID) {
 		c.mu.Unlock()
-		return c.fail(f, ReasonProtocol, f.Command+" for unknown message "+strconv.Quote(id), "not delivered on this connection, already acknowledged, or another subscription")
+		return false
 	}
 	sub := d.sub
 	var done []*delivery
@@ -679,6 +811,7 @@ func (c *conn) onAck(f *frame.Frame) bool {
 	}
 	for _, d := range done {
 		delete(c.acks, d.ackID)
+		sub.held -= deliverySize(d)
 	}
 	c.mu.Unlock()
 	c.wakeWriter() // room for more unacked deliveries
@@ -687,18 +820,20 @@ func (c *conn) onAck(f *frame.Frame) bool {
 			c.s.redeliver(d)
 		}
 	}
-	c.receipt(f)
-	return false
+	return true
 }
 
 // enqueue queues d for sub unless sub is gone or its queue is full.
 func (c *conn) enqueue(sub *subscription, d *delivery) bool {
 	c.mu.Lock()
-	if sub.removed || len(sub.queue) >= c.s.opts.SubscriptionQueue {
+	size := deliverySize(d)
+	if sub.removed || len(sub.queue) >= c.s.opts.SubscriptionQueue ||
+		(sub.held > 0 && sub.held+size > c.s.opts.SubscriptionQueueBytes) {
 		c.mu.Unlock()
 		return false
 	}
 	d.sub = sub
+	sub.held += size
 	sub.queue = append(sub.queue, d)
 	c.mu.Unlock()
 	c.wakeWriter()

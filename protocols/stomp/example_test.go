@@ -6,20 +6,25 @@ import (
 	"net"
 	"time"
 
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/protocols/stomp"
 )
 
-// The gateway's wiring in miniature: a Sink that makes messages durable
-// (here: pretends to), an Authorizer, and a listener. The server answers a
-// SEND with its RECEIPT only after Accept returned nil.
+// The gateway's wiring in miniature: an ingest core over a Sink that makes
+// messages durable (here: pretends to; the gateway passes
+// spoolsink.New(spool, ...)), an Authorizer, and a listener. The server
+// answers a SEND with its RECEIPT only after the Sink stored it.
 func ExampleServer() {
 	sink := message.SinkFunc(func(ctx context.Context, m *message.Message) error {
-		// spool.Put(ctx, spool.Entry{Data: message.Encode(nil, m), ...})
 		return nil
 	})
+	core, err := ingest.New(ingest.Options{Sink: sink})
+	if err != nil {
+		panic(err)
+	}
 	s, err := stomp.NewServer(stomp.Options{
-		Sink:   sink,
+		Ingest: core,
 		Auth:   message.AllowAll{}, // the gateway passes its users and ACLs
 		Logger: slog.Default(),
 	})

@@ -7,15 +7,21 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
 	"go.uber.org/goleak"
 
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/internal/testkit/recsink"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
+
+// guard is the hang guard of every wait in these tests: testkit's default
+// bound, scaled by FERRY_TEST_TIMEOUT_SCALE. Reaching it means a hang.
+func guard() time.Duration { return testkit.Timeout(testkit.DefaultWait) }
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
@@ -27,60 +33,49 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/go-stomp/stomp/v3.waitWithTimeout.func1"))
 }
 
-// memSink records accepted messages. When gate is set, Accept waits for it
-// (or ctx); fail, when set, decides the error.
-type memSink struct {
-	mu    sync.Mutex
-	msgs  []*message.Message
-	gate  chan struct{}
-	delay time.Duration
-	fail  func(*message.Message) error
-	calls chan *message.Message // optional: told about each Accept call
+// testOptions are the server's Options plus what a test wires into the
+// ingest core the server gets (Options.Ingest is built from them).
+type testOptions struct {
+	Options
+	Sink   message.Sink           // nil: a new recsink.Sink
+	Router message.Router         // nil: every topic spooled
+	Local  message.LocalPublisher // also receives the fan-out, besides the server itself
 }
 
-func (s *memSink) Accept(ctx context.Context, m *message.Message) error {
-	if s.calls != nil {
-		s.calls <- m
+// newCore builds the ingest core of a test around its sink.
+func newCore(t testing.TB, o testOptions) *ingest.Core {
+	t.Helper()
+	core, err := ingest.New(ingest.Options{Sink: o.Sink, Router: o.Router, Timeout: guard()})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if s.gate != nil {
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if o.Local != nil {
+		core.AddLocal(o.Local)
 	}
-	if s.delay > 0 {
-		select {
-		case <-time.After(s.delay):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	if s.fail != nil {
-		if err := s.fail(m); err != nil {
-			return err
-		}
-	}
-	s.mu.Lock()
-	s.msgs = append(s.msgs, m)
-	s.mu.Unlock()
-	return nil
-}
-
-func (s *memSink) messages() []*message.Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]*message.Message(nil), s.msgs...)
+	t.Cleanup(core.Close)
+	return core
 }
 
 // startServer runs a server on a free 127.0.0.1 port until the test ends.
-func startServer(t testing.TB, opts Options) (*Server, string) {
+// AcceptTimeout, ReadTimeout, WriteTimeout and ConnectTimeout default to the hang guard: the
+// server's defaults (5s, 30s, 10s, 5s) are timers that a loaded machine can
+// reach while a test holds an Accept open or is slow to read or write.
+func startServer(t testing.TB, to testOptions) (*Server, string) {
 	t.Helper()
-	if opts.Sink == nil {
-		opts.Sink = &memSink{}
+	if to.Sink == nil {
+		to.Sink = &recsink.Sink{}
+	}
+	opts := to.Options
+	if opts.Ingest == nil {
+		opts.Ingest = newCore(t, to)
 	}
 	if opts.Auth == nil {
 		opts.Auth = message.AllowAll{}
+	}
+	for _, d := range []*time.Duration{&opts.AcceptTimeout, &opts.ReadTimeout, &opts.WriteTimeout, &opts.ConnectTimeout} {
+		if *d == 0 {
+			*d = guard()
+		}
 	}
 	s, err := NewServer(opts)
 	if err != nil {
@@ -93,7 +88,7 @@ func startServer(t testing.TB, opts Options) (*Server, string) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), guard())
 		defer cancel()
 		if err := s.Close(ctx); err != nil {
 			t.Errorf("close: %v", err)
@@ -117,7 +112,7 @@ type rawClient struct {
 
 func dialRaw(t testing.TB, addr string) *rawClient {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	nc, err := net.DialTimeout("tcp", addr, guard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,23 +149,26 @@ func (c *rawClient) send(f *frame.Frame) {
 
 func (c *rawClient) write(b []byte) {
 	c.t.Helper()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = c.nc.SetWriteDeadline(time.Now().Add(guard()))
 	if _, err := c.nc.Write(b); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }
 
 // next returns the next frame (skipping heart-beats) or fails the test
-// after 10s.
+// at the hang guard.
 func (c *rawClient) next() *frame.Frame {
 	c.t.Helper()
-	f, err := c.nextErr(10 * time.Second)
+	f, err := c.nextErr(guard())
 	if err != nil {
 		c.t.Fatalf("read frame: %v", err)
 	}
 	return f
 }
 
+// nextErr returns the next frame, waiting at most d: a hang guard, or the
+// short wait of a check that nothing more is sent (a slow machine can make
+// such a check weaker, never fail it).
 func (c *rawClient) nextErr(d time.Duration) (*frame.Frame, error) {
 	if len(c.unread) > 0 {
 		f := c.unread[0]
@@ -203,14 +201,14 @@ func (c *rawClient) expectError(want string) *frame.Frame {
 
 func (c *rawClient) expectClosed() {
 	c.t.Helper()
-	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = c.nc.SetReadDeadline(time.Now().Add(guard()))
 	var buf [512]byte
 	for {
 		n, err := c.nc.Read(buf[:])
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				c.t.Fatalf("connection not closed by the server")
+				c.t.Fatalf("hang guard: connection not closed by the server after %v", guard())
 			}
 			return
 		}
@@ -220,15 +218,10 @@ func (c *rawClient) expectClosed() {
 	}
 }
 
+// waitFor waits for cond with the hang guard.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Wait(t, what, cond)
 }
 
 func listenLocal(t testing.TB) net.Listener {

@@ -3,44 +3,66 @@ package stomp
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-stomp/stomp/v3/frame"
-
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
 // ErrServerClosed is returned by Serve and ListenAndServe after Close.
 var ErrServerClosed = errors.New("stomp: server closed")
 
-// Options configure a Server. Sink and Auth are required; every other zero
-// field takes the default written next to it.
+// Options configure a Server. Ingest and Auth are required; every other
+// zero field takes the default written next to it.
 type Options struct {
-	Sink   message.Sink       // where accepted SENDs go (required)
+	// Ingest is the ingest core (required): routing, the Sink and the
+	// fan-out to local subscribers of every protocol (the server adds
+	// itself to it with AddLocal).
+	Ingest *ingest.Core
 	Auth   message.Authorizer // logins and topic ACLs (required)
-	Router message.Router     // nil: the zero Route for every topic
-	// Local receives every message accepted over STOMP, after its RECEIPT
-	// was sent, for fan-out to other protocols' subscribers. May be nil.
-	Local message.LocalPublisher
 
-	AcceptTimeout time.Duration // bound on one Sink.Accept; default 5s
+	AcceptTimeout time.Duration // bound on one SEND's commit; default 5s
+	// MaxTopicLength and MaxTopicLevels cap the MQTT topic a destination
+	// maps to, as for MQTT (defaults 1024 bytes, 32 levels; <0: MQTT's own
+	// 65535 bytes, no level cap).
+	MaxTopicLength int
+	MaxTopicLevels int
 
 	MaxFrameSize  int // body bytes of one frame; default 1 MiB
 	MaxHeaders    int // header lines per frame; default 64
 	MaxHeaderLine int // bytes per command or header line; default 8 KiB
 
-	MaxConnections int // concurrent connections; 0: no limit; refused ones get an ERROR
+	MaxConnections int // logged-in connections; 0: no limit; refused ones get an ERROR
+	// MaxPending caps the connections that have not completed CONNECT and
+	// its login (default 128; <0: no cap). A new connection beyond it
+	// closes the oldest of them (Stats.PendingClosed), so that idle sockets
+	// cannot lock logins out.
+	MaxPending int
+	// ConnectTimeout bounds the time from connecting to a complete CONNECT
+	// frame and its login. Default 5s.
+	ConnectTimeout time.Duration
+	// MaxConnectSize bounds the CONNECT frame, command, headers and body
+	// together (default 16 KiB): it is read before the login, so a
+	// content-length cannot make the server allocate MaxFrameSize.
+	MaxConnectSize int
 	// ReadTimeout bounds the time from the first byte of a frame to its
-	// NUL (slowloris) and the time from connecting to a complete CONNECT
-	// frame. Default 30s.
+	// NUL (slowloris). Default 30s.
 	ReadTimeout time.Duration
+	// PublishRate is the per-connection token bucket rate in SENDs per
+	// second (0: unlimited); PublishBurst its size (default: the rate,
+	// rounded up, at least 1). A SEND over it gets an ERROR (quota) and the
+	// connection is closed, like any refused SEND.
+	PublishRate  float64
+	PublishBurst int
 	// WriteTimeout bounds one write to a client; a client that does not
 	// read for this long is disconnected. Default 10s.
 	WriteTimeout time.Duration
@@ -61,9 +83,30 @@ type Options struct {
 	// counted in Stats.LocalDrops (for /queue groups another member is
 	// tried first). Default 1000.
 	SubscriptionQueue int
+	// SubscriptionQueueBytes bounds, per subscription, the bytes (topic and
+	// body) of the messages it holds, waiting or unacked, so that a slow
+	// subscriber of large messages cannot fill memory within the count.
+	// A message that would pass it is treated as a full queue (dropped for
+	// QoS 0, a QoS 1/2 one disconnects the subscriber); one message is
+	// always let in. Default 8 MiB.
+	SubscriptionQueueBytes int64
 	// MaxRedeliveries bounds how often a NACKed message is delivered again;
 	// after that it is dropped and counted in Stats.LocalDrops. Default 5.
 	MaxRedeliveries int
+
+	// Transactions. A connection has at most MaxTransactions open (default
+	// 16); one transaction buffers at most MaxTransactionMessages SENDs
+	// (default 1000; the spool stores at most 4096 in one batch) and
+	// MaxTransactionBytes body bytes (default 4 MiB); all the open
+	// transactions of one connection together at most
+	// MaxConnectionTransactionMessages (default 4000) and
+	// MaxConnectionTransactionBytes (default 16 MiB). A frame over one of
+	// them gets an ERROR naming the limit (as limits.stomp.* spells it).
+	MaxTransactions                  int
+	MaxTransactionMessages           int
+	MaxTransactionBytes              int
+	MaxConnectionTransactionMessages int
+	MaxConnectionTransactionBytes    int
 
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // nil: time.Now; used for AcceptedAt and message ids
@@ -78,6 +121,16 @@ func (o Options) withDefaults() Options {
 	if o.ReadTimeout <= 0 {
 		o.ReadTimeout = 30 * time.Second
 	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 5 * time.Second
+	}
+	o.MaxPending = limitOr(o.MaxPending, 128, 0)
+	if o.MaxConnectSize <= 0 {
+		o.MaxConnectSize = 16 << 10
+	}
+	if o.PublishRate > 0 && o.PublishBurst <= 0 {
+		o.PublishBurst = max(1, int(math.Ceil(o.PublishRate)))
+	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
@@ -89,17 +142,33 @@ func (o Options) withDefaults() Options {
 			o.HeartBeat[i] = 0
 		}
 	}
+	o.MaxTopicLength = limitOr(o.MaxTopicLength, 1024, message.MaxTopicLen)
+	o.MaxTopicLevels = limitOr(o.MaxTopicLevels, 32, 0)
 	if o.MaxPipelined <= 0 {
 		o.MaxPipelined = 256
 	}
 	if o.MaxSubscriptions <= 0 {
 		o.MaxSubscriptions = 128
 	}
+	if o.SubscriptionQueueBytes <= 0 {
+		o.SubscriptionQueueBytes = 8 << 20
+	}
 	if o.SubscriptionQueue <= 0 {
 		o.SubscriptionQueue = 1000
 	}
 	if o.MaxRedeliveries <= 0 {
 		o.MaxRedeliveries = 5
+	}
+	for _, l := range []struct {
+		v   *int
+		def int
+	}{
+		{&o.MaxTransactions, 16}, {&o.MaxTransactionMessages, 1000}, {&o.MaxTransactionBytes, 4 << 20},
+		{&o.MaxConnectionTransactionMessages, 4000}, {&o.MaxConnectionTransactionBytes, 16 << 20},
+	} {
+		if *l.v <= 0 {
+			*l.v = l.def
+		}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -110,53 +179,30 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Error reasons, indexes into Stats.Errors: why a connection got an ERROR
-// frame (or, for heart-beat and I/O failures, was closed).
-const (
-	ReasonMalformed          = iota // unparsable frame
-	ReasonTooLarge                  // frame, line or header count over a limit
-	ReasonReadTimeout               // half-sent frame or missing CONNECT (slowloris)
-	ReasonProtocol                  // valid frame in the wrong place, missing header, unsupported feature
-	ReasonVersion                   // no common protocol version
-	ReasonAuth                      // login refused
-	ReasonNotAuthorized             // publish or subscribe refused by the ACL
-	ReasonInvalidDestination        // not /topic/… or /queue/…, or an invalid topic
-	ReasonSinkFull                  // message.ErrFull
-	ReasonSinkQuota                 // message.ErrQuotaExceeded
-	ReasonSinkTooLarge              // message.ErrTooLarge
-	ReasonSinkExpired               // message.ErrExpired
-	ReasonSinkTimeout               // Accept exceeded AcceptTimeout
-	ReasonSinkError                 // any other Sink error
-	ReasonShuttingDown              // server closing, or message.ErrShuttingDown
-	reasons
-)
-
-// ReasonNames are the metric label values of the error reasons.
-var ReasonNames = [reasons]string{
-	"malformed", "too_large", "read_timeout", "protocol", "version", "auth", "not_authorized",
-	"invalid_destination", "sink_full", "sink_quota", "sink_too_large", "sink_expired", "sink_timeout",
-	"sink_error", "shutting_down",
-}
-
 // Stats is a snapshot of the server's counters.
 type Stats struct {
 	ConnectionsCurrent int64
 	ConnectionsTotal   uint64 // connections that completed CONNECT
 	ConnectionsRefused uint64 // over MaxConnections
-	FramesAccepted     uint64 // SENDs whose Accept returned nil (or LocalOnly)
+	PendingClosed      uint64 // closed before their login because MaxPending newer ones were waiting
+	FramesAccepted     uint64 // SENDs the Sink stored (or LocalOnly)
 	ReceiptsSent       uint64
-	Errors             [reasons]uint64 // by Reason*
-	HeartBeatTimeouts  uint64          // peers closed for silence
-	LocalDeliveries    uint64          // MESSAGE frames written
-	LocalDrops         uint64          // messages for a local subscriber dropped: queue full, redeliveries exhausted, subscriber gone
-	Redeliveries       uint64          // NACKed messages queued again
+	Errors             [ingest.NumReasons]uint64 // by ingest.Reason: why a connection got an ERROR frame
+	SlowConsumers      uint64                    // subscribers disconnected for not keeping up with QoS 1/2 messages
+	HeartBeatTimeouts  uint64                    // peers closed for silence
+	LocalDeliveries    uint64                    // MESSAGE frames written
+	LocalDrops         uint64                    // messages for a local subscriber dropped: queue full, redeliveries exhausted, subscriber gone
+	Redeliveries       uint64                    // NACKed messages queued again
 }
 
 type counters struct {
 	connCur                                     atomic.Int64
 	connTotal, connRefused, accepted, receipts  atomic.Uint64
-	errors                                      [reasons]atomic.Uint64
+	errors                                      [ingest.NumReasons]atomic.Uint64
 	hbTimeouts, deliveries, drops, redeliveries atomic.Uint64
+	slowConsumers                               atomic.Uint64
+	sessions                                    atomic.Int64 // logged in now, and logins past the MaxConnections check
+	pendingClosed                               atomic.Uint64
 }
 
 // Server is a STOMP 1.0/1.1/1.2 server that hands SENDs to a message.Sink
@@ -164,10 +210,11 @@ type counters struct {
 type Server struct {
 	opts   Options
 	log    *slog.Logger
-	ctx    context.Context // canceled by Close: fails pending Accepts
-	cancel context.CancelFunc
+	ctx    context.Context // canceled by Close (cause message.ErrShuttingDown): fails pending SENDs
+	cancel context.CancelCauseFunc
 	reg    registry
 	c      counters
+	pre    *preAuth
 
 	mu        sync.Mutex
 	closed    bool
@@ -177,18 +224,24 @@ type Server struct {
 	sessionID atomic.Uint64
 
 	lastDropLog atomic.Int64 // unix nanoseconds of the last drop warning
+	// refusals rate-limits the Info lines about refused frames and
+	// messages; the counters count every one.
+	refusals ingest.RefusalLimiter
 }
 
 // NewServer checks opts and returns a server that is not yet listening.
 func NewServer(opts Options) (*Server, error) {
-	if opts.Sink == nil {
-		return nil, errors.New("stomp: Options.Sink is required")
+	if opts.Ingest == nil {
+		return nil, errors.New("stomp: Options.Ingest is required")
 	}
 	if opts.Auth == nil {
 		return nil, errors.New("stomp: Options.Auth is required (message.AllowAll for none)")
 	}
+	if opts.PublishRate < 0 || math.IsNaN(opts.PublishRate) {
+		return nil, fmt.Errorf("stomp: Options.PublishRate must be >= 0 (got %v)", opts.PublishRate)
+	}
 	opts = opts.withDefaults()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &Server{
 		opts:      opts,
 		log:       opts.Logger,
@@ -198,7 +251,20 @@ func NewServer(opts Options) (*Server, error) {
 		conns:     map[*conn]struct{}{},
 	}
 	s.reg.groups = map[string]*group{}
+	s.pre = newPreAuth(opts.MaxPending, func() { s.c.pendingClosed.Add(1) })
+	opts.Ingest.AddLocal(s)
 	return s, nil
+}
+
+// limitOr maps 0 to def and a negative v to none (0 for "no cap").
+func limitOr(v, def, none int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return none
+	}
+	return v
 }
 
 // ListenAndServe listens on the TCP address addr (with TLS when tlsConf is
@@ -214,10 +280,23 @@ func (s *Server) ListenAndServe(addr string, tlsConf *tls.Config) error {
 	return s.Serve(ln)
 }
 
+// ListenerOptions are the options of one listener (ServeWith).
+type ListenerOptions struct {
+	// CertUsername, when set, names the user of a client that presented a
+	// verified TLS certificate (the tls.Listener must verify client
+	// certificates): the client logs in as that user without a passcode,
+	// and a login header must be absent or the same. An error refuses the
+	// client. Clients without a certificate log in with login/passcode.
+	CertUsername func(*x509.Certificate) (string, error)
+}
+
 // Serve accepts connections on ln until Close; it closes ln on return and
 // returns ErrServerClosed after Close. TLS is the listener's business: pass
 // a tls.Listener.
-func (s *Server) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error { return s.ServeWith(ln, ListenerOptions{}) }
+
+// ServeWith is Serve with options for this listener.
+func (s *Server) ServeWith(ln net.Listener, lo ListenerOptions) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -250,7 +329,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		s.startConn(nc)
+		s.startConn(nc, lo)
 	}
 }
 
@@ -260,7 +339,7 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) startConn(nc net.Conn) {
+func (s *Server) startConn(nc net.Conn, lo ListenerOptions) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -270,20 +349,11 @@ func (s *Server) startConn(nc net.Conn) {
 	// wg.Add happens under mu, so that Close (which sets closed under mu
 	// and then waits) never misses a connection.
 	s.wg.Add(1)
-	if s.opts.MaxConnections > 0 && len(s.conns) >= s.opts.MaxConnections {
-		s.mu.Unlock()
-		s.c.connRefused.Add(1)
-		s.log.Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String(), "max", s.opts.MaxConnections)
-		go func() {
-			defer s.wg.Done()
-			_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-			f := frame.New(frame.ERROR, frame.Message, "too many connections")
-			_, _ = nc.Write(AppendFrame(nil, f, V10))
-			_ = nc.Close()
-		}()
-		return
-	}
 	c := newConn(s, nc)
+	c.certUsername = lo.CertUsername
+	// Counted before login from here, in accept order, so that the oldest
+	// is the one closed when the set is full.
+	c.pending = s.pre.Add(func() { _ = nc.Close() })
 	s.conns[c] = struct{}{}
 	s.c.connCur.Add(1)
 	s.mu.Unlock()
@@ -316,7 +386,7 @@ func (s *Server) Close(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	s.cancel()
+	s.cancel(message.ErrShuttingDown)
 	for _, ln := range lns {
 		_ = ln.Close()
 	}
@@ -353,6 +423,8 @@ func (s *Server) Stats() Stats {
 		LocalDeliveries:    s.c.deliveries.Load(),
 		LocalDrops:         s.c.drops.Load(),
 		Redeliveries:       s.c.redeliveries.Load(),
+		SlowConsumers:      s.c.slowConsumers.Load(),
+		PendingClosed:      s.c.pendingClosed.Load(),
 	}
 	for i := range st.Errors {
 		st.Errors[i] = s.c.errors[i].Load()

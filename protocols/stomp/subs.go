@@ -46,6 +46,7 @@ type subscription struct {
 
 	queue   []*delivery // waiting to be written
 	unacked []*delivery // written, waiting for ACK/NACK (client modes)
+	held    int64       // bytes of queue and unacked (deliverySize)
 	removed bool
 }
 
@@ -135,10 +136,16 @@ func (s *Server) fanOut(m *message.Message) {
 	}
 }
 
-// offer queues d for sub or counts a drop. Callers hold reg.mu (R).
+// offer queues d for sub or counts a drop. A subscriber whose queue is full
+// loses a QoS 0 message; for a QoS 1/2 one it is disconnected as a slow
+// consumer (counted), rather than silently missing what it subscribed to.
+// Callers hold reg.mu (R).
 func (s *Server) offer(sub *subscription, d *delivery) {
 	if !sub.c.enqueue(sub, d) {
 		s.dropped(d, "subscription queue full", sub)
+		if d.m.QoS > 0 {
+			sub.c.slowConsumer()
+		}
 	}
 }
 
@@ -173,7 +180,7 @@ func (s *Server) dropped(d *delivery, why string, sub *subscription) {
 	}
 	args := []any{"topic", d.m.Topic, "msg_id", d.m.ID, "reason", why, "drops_total", s.c.drops.Load()}
 	if sub != nil {
-		args = append(args, "client_id", sub.c.session, "subscription", sub.id)
+		args = append(args, "client_id", sub.c.clientID, "subscription", sub.id)
 	}
 	s.log.Warn("local delivery dropped", args...)
 }
@@ -227,3 +234,6 @@ func (s *Server) release(sub *subscription, ds []*delivery) {
 		s.offerGroup(g, nd, nil)
 	}
 }
+
+// deliverySize is what a delivery counts against SubscriptionQueueBytes.
+func deliverySize(d *delivery) int64 { return int64(len(d.m.Topic) + len(d.m.Payload)) }

@@ -1,8 +1,10 @@
 package stomp
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +67,7 @@ func (c *rawClient) ackOK(cmd string, m *frame.Frame, receipt string) {
 }
 
 func TestSubscribeAckNackPerVersion(t *testing.T) {
-	s, addr := startServer(t, Options{})
+	s, addr := startServer(t, testOptions{})
 	for _, v := range []Version{V11, V12} {
 		t.Run(v.String(), func(t *testing.T) {
 			before := s.Stats()
@@ -101,7 +103,7 @@ func TestSubscribeAckNackPerVersion(t *testing.T) {
 // TestAckClientCumulative: in ack:client mode one ACK acknowledges every
 // earlier message of the subscription; unacked messages bound delivery.
 func TestAckClientCumulative(t *testing.T) {
-	s, addr := startServer(t, Options{SubscriptionQueue: 2})
+	s, addr := startServer(t, testOptions{Options: Options{SubscriptionQueue: 2}})
 	c := connectRaw(t, addr, V10)
 	c.subscribe("/topic/t", "s", "client")
 	s.PublishLocal(localMsg("t", "m0"))
@@ -113,6 +115,8 @@ func TestAckClientCumulative(t *testing.T) {
 	for i := 2; i < 10; i++ {
 		s.PublishLocal(localMsg("t", "m"+strconv.Itoa(i)))
 	}
+	// PublishLocal enqueues or drops synchronously, so the drops below are
+	// counted already; the short wait only lets a wrong delivery show up.
 	if f, err := c.nextErr(200 * time.Millisecond); err == nil {
 		t.Fatalf("got %s %q past the unacked bound", f.Command, f.Body)
 	}
@@ -128,7 +132,7 @@ func TestAckClientCumulative(t *testing.T) {
 }
 
 func TestNackIn10IsAnError(t *testing.T) {
-	_, addr := startServer(t, Options{})
+	_, addr := startServer(t, testOptions{})
 	c := connectRaw(t, addr, V10)
 	c.send(fr(frame.NACK, "", frame.MessageId, "1", frame.Receipt, "r"))
 	c.expectError("NACK is not defined")
@@ -137,7 +141,7 @@ func TestNackIn10IsAnError(t *testing.T) {
 // TestQueueCompetesTopicFansOut: each message goes to one member of a
 // /queue group and to every /topic subscriber.
 func TestQueueCompetesTopicFansOut(t *testing.T) {
-	_, addr := startServer(t, Options{})
+	_, addr := startServer(t, testOptions{})
 	q1, q2 := connectRaw(t, addr, V12), connectRaw(t, addr, V11)
 	t1, t2 := connectRaw(t, addr, V12), connectRaw(t, addr, V10)
 	q1.subscribe("/queue/jobs.*", "q", "auto")
@@ -159,24 +163,52 @@ func TestQueueCompetesTopicFansOut(t *testing.T) {
 			tc.expectMessage("/topic/jobs.a", strconv.Itoa(i))
 		}
 	}
+	// Read both queue members at once until n messages arrived (the hang
+	// guard bounds it; a quiet spell no longer ends the count early), then
+	// give an extra delivery a short chance to show up.
+	type got struct {
+		member int
+		f      *frame.Frame
+	}
+	frames := make(chan got, 2*n)
+	var readers sync.WaitGroup
+	for i, c := range []*rawClient{q1, q2} {
+		readers.Go(func() {
+			for {
+				f, err := c.nextErr(guard())
+				if err != nil {
+					return
+				}
+				frames <- got{i, f}
+			}
+		})
+	}
 	seen := map[string]int{}
-	count := func(c *rawClient) int {
-		k := 0
-		for {
-			f, err := c.nextErr(300 * time.Millisecond)
-			if err != nil {
-				return k
-			}
-			if f.Header.Get(frame.Destination) != "/queue/jobs.a" {
-				t.Fatalf("destination %q", f.Header.Get(frame.Destination))
-			}
-			seen[string(f.Body)]++
-			k++
+	var k [2]int
+	take := func(g got) {
+		if d := g.f.Header.Get(frame.Destination); g.f.Command != frame.MESSAGE || d != "/queue/jobs.a" {
+			t.Fatalf("queue member %d: %s %v", g.member+1, g.f.Command, headerList(g.f))
+		}
+		seen[string(g.f.Body)]++
+		k[g.member]++
+	}
+	for range n {
+		select {
+		case g := <-frames:
+			take(g)
+		case <-time.After(guard()):
+			t.Fatalf("hang guard: queue members got %d and %d of %d", k[0], k[1], n)
 		}
 	}
-	k1, k2 := count(q1), count(q2)
-	if k1 == 0 || k2 == 0 || k1+k2 != n {
-		t.Fatalf("queue members got %d and %d, want a split of %d", k1, k2, n)
+	select {
+	case g := <-frames:
+		take(g)
+	case <-time.After(300 * time.Millisecond): // weaker when slow, never failing
+	}
+	_, _ = q1.nc.Close(), q2.nc.Close() // ends the readers
+	readers.Wait()
+	if k[0] == 0 || k[1] == 0 || k[0]+k[1] != n {
+		t.Fatalf("queue members got %d and %d, want a split of %d", k[0], k[1], n)
 	}
 	for i := range n {
 		if seen[strconv.Itoa(i)] != 1 {
@@ -188,7 +220,7 @@ func TestQueueCompetesTopicFansOut(t *testing.T) {
 // TestUnsubscribeHandsBackQueueMessages: unacked /queue messages of a
 // subscription that goes away go to another member.
 func TestUnsubscribeHandsBackQueueMessages(t *testing.T) {
-	s, addr := startServer(t, Options{})
+	s, addr := startServer(t, testOptions{})
 	a, b := connectRaw(t, addr, V12), connectRaw(t, addr, V12)
 	a.subscribe("/queue/q", "a", "client-individual")
 	s.PublishLocal(localMsg("q", "held"))
@@ -210,7 +242,7 @@ func TestUnsubscribeHandsBackQueueMessages(t *testing.T) {
 }
 
 func TestRedeliveriesBounded(t *testing.T) {
-	s, addr := startServer(t, Options{MaxRedeliveries: 2})
+	s, addr := startServer(t, testOptions{Options: Options{MaxRedeliveries: 2}})
 	c := connectRaw(t, addr, V12)
 	c.subscribe("/topic/r", "s", "client-individual")
 	s.PublishLocal(localMsg("r", "x"))
@@ -221,7 +253,7 @@ func TestRedeliveriesBounded(t *testing.T) {
 	}
 	drops := s.Stats().LocalDrops
 	c.ackOK(frame.NACK, m, "last")
-	if f, err := c.nextErr(200 * time.Millisecond); err == nil {
+	if f, err := c.nextErr(200 * time.Millisecond); err == nil { // weaker when slow, never failing
 		t.Fatalf("redelivered past MaxRedeliveries: %s", f.Command)
 	}
 	if s.Stats().LocalDrops != drops+1 {
@@ -230,7 +262,7 @@ func TestRedeliveriesBounded(t *testing.T) {
 }
 
 func TestUnsubscribeByDestinationIn10(t *testing.T) {
-	s, addr := startServer(t, Options{})
+	s, addr := startServer(t, testOptions{})
 	c := connectRaw(t, addr, V10)
 	c.subscribe("/topic/u10", "explicit-id", "auto")
 	c.send(fr(frame.UNSUBSCRIBE, "", frame.Destination, "/topic/u10", frame.Receipt, "u"))
@@ -238,7 +270,7 @@ func TestUnsubscribeByDestinationIn10(t *testing.T) {
 		t.Fatalf("got %s %v", f.Command, headerList(f))
 	}
 	s.PublishLocal(localMsg("u10", "after"))
-	if f, err := c.nextErr(200 * time.Millisecond); err == nil {
+	if f, err := c.nextErr(200 * time.Millisecond); err == nil { // weaker when slow, never failing
 		t.Fatalf("delivered after UNSUBSCRIBE: %s %q", f.Command, f.Body)
 	}
 }
@@ -247,7 +279,7 @@ func TestUnsubscribeByDestinationIn10(t *testing.T) {
 // each subscriber escaped for its version (1.0 cannot escape: EOLs become
 // spaces, keys with ':' are left out).
 func TestMessageHeaderEscapingPerVersion(t *testing.T) {
-	s, addr := startServer(t, Options{})
+	s, addr := startServer(t, testOptions{})
 	m := localMsg("esc", "x")
 	m.Headers = []message.Header{{Key: "multi", Value: "a\nb:c\\d"}, {Key: "k:colon", Value: "v"}}
 	for _, tc := range []struct {
@@ -269,4 +301,82 @@ func TestMessageHeaderEscapingPerVersion(t *testing.T) {
 			t.Errorf("%s: k:colon = %q, want %q", tc.v, got, tc.colonOK)
 		}
 	}
+}
+
+// TestStuckSubscriberDisconnected: a subscriber that stops reading fills
+// its socket and then its subscription queue; it is disconnected and
+// counted (a SEND is QoS 1: silently dropping it for the subscriber is not
+// an answer), while the publisher's receipts keep coming and another
+// subscriber gets every message.
+func TestStuckSubscriberDisconnected(t *testing.T) {
+	const n = 30000 // 30 MB: more than the socket buffers and the queue hold
+	// A queue that a reading subscriber does not fill on a loaded machine;
+	// the stuck one fills its socket first, then the queue.
+	s, addr := startServer(t, testOptions{Options: Options{SubscriptionQueue: 5000, MaxPipelined: 64}})
+	stuck := connectRaw(t, addr, V12)
+	stuck.send(fr(frame.SUBSCRIBE, "", frame.Destination, "/topic/hot.#", frame.Id, "s", frame.Receipt, "sub"))
+	if f := stuck.next(); f.Command != frame.RECEIPT {
+		t.Fatalf("got %s", f.Command)
+	}
+	// stuck never reads again.
+	healthy := connectRaw(t, addr, V12)
+	healthy.send(fr(frame.SUBSCRIBE, "", frame.Destination, "/topic/hot.#", frame.Id, "h", frame.Receipt, "sub"))
+	if f := healthy.next(); f.Command != frame.RECEIPT {
+		t.Fatalf("got %s", f.Command)
+	}
+	var mu sync.Mutex
+	got := 0
+	go func() {
+		for {
+			f, err := healthy.nextErr(guard())
+			if err != nil {
+				return
+			}
+			if f.Command == frame.MESSAGE {
+				mu.Lock()
+				got++
+				mu.Unlock()
+			}
+		}
+	}()
+	pub := connectRaw(t, addr, V12)
+	body := strings.Repeat("x", 1024)
+	go func() {
+		for i := range n {
+			pub.send(fr(frame.SEND, body, frame.Destination, "/topic/hot.x", frame.Receipt, strconv.Itoa(i)))
+		}
+	}()
+	for i := range n {
+		f := pub.next()
+		if f.Command != frame.RECEIPT || f.Header.Get(frame.ReceiptId) != strconv.Itoa(i) {
+			t.Fatalf("receipt %d: got %s %v", i, f.Command, headerList(f))
+		}
+	}
+	waitFor(t, "the stuck subscriber disconnected and counted", func() bool { return s.Stats().SlowConsumers == 1 })
+	waitFor(t, "the healthy subscriber to get every message", func() bool { mu.Lock(); defer mu.Unlock(); return got == n })
+}
+
+// TestSubscriptionQueueBytes: a subscription that holds large messages
+// (unacked in ack:client mode) is bounded in bytes, not only in count: the
+// message that would pass SubscriptionQueueBytes is dropped for QoS 0 and
+// counted; after the ACK there is room again.
+func TestSubscriptionQueueBytes(t *testing.T) {
+	s, addr := startServer(t, testOptions{Options: Options{SubscriptionQueue: 1000, SubscriptionQueueBytes: 3 * 10_000}})
+	c := connectRaw(t, addr, V12)
+	c.subscribe("/topic/big", "s", "client")
+	body := strings.Repeat("x", 10_000)
+	drops := s.Stats().LocalDrops
+	for i := range 10 {
+		s.PublishLocal(localMsg("big", fmt.Sprintf("%d%s", i, body)))
+	}
+	// Topic and body: a bit over 10,000 bytes each, so two fit in 30,000
+	// (the first always does), the third would pass it.
+	if got := s.Stats().LocalDrops - drops; got != 8 {
+		t.Fatalf("LocalDrops grew by %d for 10 messages of 10 kB under a 30 kB bound, want 8", got)
+	}
+	c.expectMessage("/topic/big", "0"+body)
+	m1 := c.expectMessage("/topic/big", "1"+body)
+	c.ackOK(frame.ACK, m1, "a")
+	s.PublishLocal(localMsg("big", "after"))
+	c.expectMessage("/topic/big", "after")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -11,58 +12,26 @@ import (
 
 	"github.com/go-stomp/stomp/v3/frame"
 
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/internal/testkit/recsink"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
-// pipeListener hands out net.Pipe connections, so that a whole server runs
-// inside a synctest bubble with fake time.
-type pipeListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "pipe" }
-
-func (l *pipeListener) dial() net.Conn {
-	a, b := net.Pipe()
-	l.ch <- b
-	return a
-}
-
 // bubbleServer starts a server on a pipe listener inside a synctest bubble
-// and stops it when fn returns.
-func bubbleServer(t *testing.T, opts Options, fn func(s *Server, ln *pipeListener)) {
-	opts.Sink = &memSink{}
+// and stops it when fn returns. A nil Sink is a new recsink.Sink.
+func bubbleServer(t *testing.T, to testOptions, fn func(s *Server, ln *testkit.PipeListener)) {
+	if to.Sink == nil {
+		to.Sink = &recsink.Sink{}
+	}
+	opts := to.Options
+	opts.Ingest = newCore(t, to)
 	opts.Auth = message.AllowAll{}
 	s, err := NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := newPipeListener()
+	ln := testkit.NewPipeListener()
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	fn(s, ln)
@@ -80,6 +49,7 @@ type clientEvents struct {
 	mu         sync.Mutex
 	heartBeats []time.Time
 	frames     []*frame.Frame
+	frameAt    []time.Time // when each of frames arrived
 	closedAt   time.Time
 }
 
@@ -100,6 +70,7 @@ func watch(nc net.Conn) *clientEvents {
 				ev.heartBeats = append(ev.heartBeats, time.Now())
 			default:
 				ev.frames = append(ev.frames, f)
+				ev.frameAt = append(ev.frameAt, time.Now())
 			}
 			ev.mu.Unlock()
 		}
@@ -109,8 +80,8 @@ func watch(nc net.Conn) *clientEvents {
 
 func TestHeartBeats(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		bubbleServer(t, Options{HeartBeat: [2]time.Duration{time.Second, time.Second}}, func(s *Server, ln *pipeListener) {
-			nc := ln.dial()
+		bubbleServer(t, testOptions{Options: Options{HeartBeat: [2]time.Duration{time.Second, time.Second}}}, func(s *Server, ln *testkit.PipeListener) {
+			nc := ln.Dial()
 			defer func() { _ = nc.Close() }()
 			ev := watch(nc)
 			if _, err := nc.Write(AppendFrame(nil, frame.New(frame.CONNECT, frame.AcceptVersion, "1.2", frame.HeartBeat, "500,2000"), V12)); err != nil {
@@ -168,8 +139,8 @@ func TestHeartBeats(t *testing.T) {
 // TestNoHeartBeatsIn10: a 1.0 session has no heart-beats and no idle limit.
 func TestNoHeartBeatsIn10(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		bubbleServer(t, Options{HeartBeat: [2]time.Duration{time.Second, time.Second}}, func(s *Server, ln *pipeListener) {
-			nc := ln.dial()
+		bubbleServer(t, testOptions{Options: Options{HeartBeat: [2]time.Duration{time.Second, time.Second}}}, func(s *Server, ln *testkit.PipeListener) {
+			nc := ln.Dial()
 			defer func() { _ = nc.Close() }()
 			ev := watch(nc)
 			_, _ = nc.Write(AppendFrame(nil, frame.New(frame.CONNECT, frame.HeartBeat, "1000,1000"), V10))
@@ -185,7 +156,7 @@ func TestNoHeartBeatsIn10(t *testing.T) {
 }
 
 // TestSlowloris: a frame must be complete ReadTimeout after its first
-// byte, and CONNECT must come within ReadTimeout of the connection.
+// byte, and CONNECT must come within ConnectTimeout of the connection.
 func TestSlowloris(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -198,8 +169,8 @@ func TestSlowloris(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				bubbleServer(t, Options{ReadTimeout: 5 * time.Second, HeartBeat: [2]time.Duration{-1, -1}}, func(s *Server, ln *pipeListener) {
-					nc := ln.dial()
+				bubbleServer(t, testOptions{Options: Options{ReadTimeout: 5 * time.Second, ConnectTimeout: 5 * time.Second, HeartBeat: [2]time.Duration{-1, -1}}}, func(s *Server, ln *testkit.PipeListener) {
+					nc := ln.Dial()
 					defer func() { _ = nc.Close() }()
 					ev := watch(nc)
 					if tc.connect {
@@ -222,11 +193,52 @@ func TestSlowloris(t *testing.T) {
 					if last.Command != frame.ERROR || last.Header.Get(frame.Message) != "frame not completed in time" {
 						t.Errorf("frames %s", dump(ev.frames))
 					}
-					if s.Stats().Errors[ReasonReadTimeout] != 1 {
-						t.Errorf("read timeouts %d", s.Stats().Errors[ReasonReadTimeout])
+					if s.Stats().Errors[ingest.ReasonReadTimeout] != 1 {
+						t.Errorf("read timeouts %d", s.Stats().Errors[ingest.ReasonReadTimeout])
 					}
 				})
 			})
 		})
 	}
+}
+
+// TestAcceptTimeout: a SEND whose Accept does not return gets its ERROR
+// exactly AcceptTimeout after it was read.
+func TestAcceptTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sink := &recsink.Sink{Gate: make(chan struct{})} // never opens
+		const timeout = 3 * time.Second
+		bubbleServer(t, testOptions{Sink: sink, Options: Options{AcceptTimeout: timeout, HeartBeat: [2]time.Duration{-1, -1}}}, func(s *Server, ln *testkit.PipeListener) {
+			nc := ln.Dial()
+			defer func() { _ = nc.Close() }()
+			ev := watch(nc)
+			if _, err := nc.Write(AppendFrame(nil, frame.New(frame.CONNECT, frame.AcceptVersion, "1.1"), V11)); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if _, err := nc.Write(AppendFrame(nil, fr(frame.SEND, "x", frame.Destination, "/queue/a", frame.Receipt, "1"), V11)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Minute)
+			synctest.Wait()
+			ev.mu.Lock()
+			defer ev.mu.Unlock()
+			if len(ev.frames) != 2 || ev.frames[0].Command != frame.CONNECTED {
+				t.Fatalf("frames %s", dump(ev.frames))
+			}
+			last := ev.frames[1]
+			if last.Command != frame.ERROR || !strings.Contains(last.Header.Get(frame.Message), "timed out") || last.Header.Get(frame.ReceiptId) != "1" {
+				t.Errorf("frames %s", dump(ev.frames))
+			}
+			if d := ev.frameAt[1].Sub(start); d != timeout {
+				t.Errorf("ERROR after %v, want AcceptTimeout (%v)", d, timeout)
+			}
+			if ev.closedAt.IsZero() {
+				t.Error("connection not closed after the ERROR")
+			}
+			if got := s.Stats().Errors[ingest.ReasonTimeout]; got != 1 {
+				t.Errorf("Errors[sink_timeout] = %d", got)
+			}
+		})
+	})
 }

@@ -1,60 +1,33 @@
 package stomp
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	gostomp "github.com/go-stomp/stomp/v3"
 
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/internal/testkit/recsink"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
 // selfSigned returns a server certificate for 127.0.0.1 and a pool that
-// trusts it.
+// trusts it (testkit's CA).
 func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "ferry-test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+	c := testkit.NewCerts(t, t.TempDir())
+	return c.Server, c.CAPool
 }
 
 // TestTLS: a TLS listener passed to Serve; go-stomp's client over TLS
 // sends with a receipt.
 func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
-	sink := &memSink{}
-	s, err := NewServer(Options{Sink: sink, Auth: message.AllowAll{}})
+	sink := &recsink.Sink{}
+	s, err := NewServer(Options{Ingest: newCore(t, testOptions{Sink: sink}), Auth: message.AllowAll{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +46,7 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := gostomp.Connect(nc)
+	c, err := gostomp.Connect(nc, goStompGuards()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,13 +56,13 @@ func TestTLS(t *testing.T) {
 	if err := c.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
-	if m := sink.messages(); len(m) != 1 || m[0].Topic != "tls/a" || string(m[0].Payload) != "secret" {
+	if m := sink.Messages(); len(m) != 1 || m[0].Topic != "tls/a" || string(m[0].Payload) != "secret" {
 		t.Fatalf("sink %v", m)
 	}
 }
 
 func TestListenAndServe(t *testing.T) {
-	s, err := NewServer(Options{Sink: &memSink{}, Auth: message.AllowAll{}})
+	s, err := NewServer(Options{Ingest: newCore(t, testOptions{Sink: &recsink.Sink{}}), Auth: message.AllowAll{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +82,7 @@ func TestListenAndServe(t *testing.T) {
 		nc, err = tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 		return err == nil
 	})
-	c, err := gostomp.Connect(nc)
+	c, err := gostomp.Connect(nc, goStompGuards()...)
 	if err != nil {
 		t.Fatal(err)
 	}

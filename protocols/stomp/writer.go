@@ -20,7 +20,7 @@ func (c *conn) errorFrame(p *pending) *frame.Frame {
 	f.Header.Add(frame.ContentType, "text/plain")
 	f.Body = []byte(p.detail)
 	f.Header.Add(frame.ContentLength, strconv.Itoa(len(f.Body)))
-	c.lastReason = p.reason
+	c.lastReason, c.lastCount = p.reason, !p.uncounted
 	return f
 }
 
@@ -96,7 +96,7 @@ func (c *conn) complete(p *pending) {
 		if c.dead {
 			return // the connection already ended with an earlier ERROR
 		}
-		if p.reason >= 0 {
+		if !p.uncounted {
 			c.s.c.errors[p.reason].Add(1)
 		}
 		c.write(c.errorFrame(p))
@@ -105,19 +105,15 @@ func (c *conn) complete(p *pending) {
 	}
 	if p.msg != nil {
 		// Accepted: the message is durable (or local-only) whether or not
-		// this client is still there to hear about it.
+		// this client is still there to hear about it. The ingest core
+		// fans it out.
 		c.s.c.accepted.Add(1)
 	}
+	c.s.c.accepted.Add(uint64(len(p.batch))) // a COMMIT's
 	if p.hasReceipt {
 		c.write(frame.New(frame.RECEIPT, frame.ReceiptId, p.receipt))
 		if !c.dead {
 			c.s.c.receipts.Add(1)
-		}
-	}
-	if p.msg != nil {
-		c.s.fanOut(p.msg)
-		if c.s.opts.Local != nil {
-			c.s.opts.Local.PublishLocal(p.msg)
 		}
 	}
 	if p.disconnect {
@@ -148,7 +144,7 @@ func (c *conn) write(f *frame.Frame) {
 		return
 	}
 	c.wbuf = AppendFrame(c.wbuf, f, c.version)
-	if len(c.wbuf) >= maxWriteBatch {
+	if len(c.wbuf) >= maxWriteBatch || c.perFrame {
 		c.flush()
 	}
 }
@@ -202,6 +198,8 @@ func (c *conn) writeDeliveries() {
 			if sub.ack != ackAuto {
 				sub.unacked = append(sub.unacked, d)
 				c.acks[d.ackID] = d
+			} else {
+				sub.held -= deliverySize(d) // written now; the write buffer bounds it from here
 			}
 			batch[n] = d
 			n++
