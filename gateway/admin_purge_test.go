@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -33,9 +34,15 @@ func TestEmptyPurgeRequestIsRefused(t *testing.T) {
 	}
 	req := httptest.NewRequest(http.MethodPost, "/api/spool/dlq/purge", nil)
 	req.RemoteAddr = "127.0.0.1:5555"
+	req.Host = "127.0.0.1:8080"
+	req.Header.Set(AdminHeader, "test")
 	rec := httptest.NewRecorder()
-	spoolAPI(sp).ServeHTTP(rec, req)
+	h, _ := apiHandler(sp, config.HTTPListener{})
+	h.ServeHTTP(rec, req)
 	t.Logf("status %d body %s", rec.Code, rec.Body.String())
+	if rec.Code != http.StatusBadRequest {
+		t.Errorf("status %d, want 400", rec.Code)
+	}
 	if n := sp.Stats().DLQMessages; n != 3 {
 		t.Fatalf("empty request purged the DLQ: %d dead letters left of 3", n)
 	}

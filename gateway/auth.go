@@ -1,23 +1,30 @@
 package gateway
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ferrymq/ferry/gateway/config"
+	"github.com/ferrymq/ferry/gateway/internal/passwordhash"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
 // Auth is the message.Authorizer of the gateway: users with bcrypt password
-// hashes and per-user publish/subscribe ACLs, plus anonymous access when the
-// configuration allows it. One Auth serves MQTT and STOMP alike.
+// hashes (or client certificates) and per-user publish/subscribe ACLs, plus
+// anonymous access when the configuration allows it. One Auth serves MQTT
+// and STOMP alike.
 //
 // bcrypt is deliberately slow (tens of milliseconds at cost 10 on a
 // Raspberry Pi), and devices reconnect often, so Auth remembers successful
@@ -27,6 +34,16 @@ import (
 // random per process, so the set is useless outside it, and the stored hash
 // is part of the entry, so a changed password invalidates it on reload.
 //
+// Password guessing cannot take the CPU: at most limits.login.max_concurrent
+// bcrypt checks run at once (the others wait, bounded by the caller's
+// context), and each source address (IPv6: its /64) and each username may
+// fail limits.login.max_failures times, after which it gets one more attempt
+// per failure_interval; attempts beyond that are refused without a check
+// (counted as throttled). A throttled user can still log in from an address
+// without recent failures, and a login the cache knows is good is never
+// throttled, so that guessing a device's password does not lock the device
+// out.
+//
 // Reload swaps users, ACLs and the anonymous policy atomically; checks in
 // progress finish with the rules they started with.
 type Auth struct {
@@ -35,6 +52,12 @@ type Auth struct {
 	key   [32]byte
 	mu    sync.Mutex
 	cache map[[32]byte]struct{}
+
+	sem      chan struct{} // one token per bcrypt check allowed at once
+	throttle *throttle     // nil: off
+	stats    [numLoginFailures]atomic.Uint64
+	now      func() time.Time
+	compare  func(hash, password []byte) error // bcrypt.CompareHashAndPassword; tests count and hold checks
 }
 
 var _ message.Authorizer = (*Auth)(nil)
@@ -42,35 +65,68 @@ var _ message.Authorizer = (*Auth)(nil)
 // authCacheSize bounds the cache of successful password checks.
 const authCacheSize = 1024
 
-// DefaultBcryptCost is the cost HashPassword uses when given 0: bcrypt's
-// default, about 50–80 ms per check on a Raspberry Pi 4.
-const DefaultBcryptCost = bcrypt.DefaultCost
+// DefaultBcryptCost, MinBcryptCost and MaxBcryptCost are the cost of a new
+// hash and the bounds of an accepted one (see passwordhash).
+const (
+	DefaultBcryptCost = passwordhash.DefaultCost
+	MinBcryptCost     = passwordhash.MinCost
+	MaxBcryptCost     = passwordhash.MaxCost
+)
+
+// Login failure reasons, the label values of ferry_login_failures_total.
+const (
+	LoginBadCredentials = iota // wrong password, unknown user, anonymous not allowed, unknown certificate user
+	LoginThrottled             // refused without a check: too many failures from the address or for the user
+	numLoginFailures
+)
+
+var loginFailureNames = [numLoginFailures]string{"bad_credentials", "throttled"}
+
+// LoginStats counts refused logins by reason (LoginBadCredentials, …).
+type LoginStats struct {
+	Failures map[string]uint64
+}
 
 type authState struct {
 	users     map[string]*authUser
 	anonymous bool
-	anonACL   ACL
+	anonACL   config.ACL
+	dummy     []byte // checked for unknown users: a hash of the users' most common cost
 }
 
 type authUser struct {
-	hash []byte
-	acl  ACL
+	hash []byte // nil: certificate logins only
+	acl  config.ACL
 }
 
-// dummyHash is checked against when the user does not exist, so that an
-// unknown user costs as much time as a wrong password: it has the default
-// cost, which `ferry passwd` uses (a MinCost dummy would answer unknown
-// users ~64x faster and so tell which users exist). Made on first use.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("ferry-dummy-password"), DefaultBcryptCost)
-	return h
-})
+// dummyHashes holds one dummy hash per cost, made on first use: checking an
+// unknown user against one costs as much time as a wrong password, so that
+// timing does not tell which users exist.
+var dummyHashes sync.Map // int → []byte
 
-// NewAuth builds an Auth from c's users (after LoadUsersFile), anonymous
-// and allow_anonymous.
-func NewAuth(c *Config) (*Auth, error) {
-	a := &Auth{cache: make(map[[32]byte]struct{})}
+func dummyHash(cost int) []byte {
+	if h, ok := dummyHashes.Load(cost); ok {
+		return h.([]byte)
+	}
+	h, _ := bcrypt.GenerateFromPassword([]byte("ferry-dummy-password"), cost)
+	v, _ := dummyHashes.LoadOrStore(cost, h)
+	return v.([]byte)
+}
+
+// NewAuth builds an Auth from c's users (after LoadUsersFile), anonymous,
+// allow_anonymous and limits.login.
+func NewAuth(c *config.Config) (*Auth, error) {
+	a := &Auth{cache: make(map[[32]byte]struct{}), now: time.Now, compare: bcrypt.CompareHashAndPassword}
 	_, _ = rand.Read(a.key[:])
+	l := c.Limits.Login
+	n := l.MaxConcurrent
+	if n <= 0 {
+		n = max(1, runtime.GOMAXPROCS(0)/2)
+	}
+	a.sem = make(chan struct{}, n)
+	if l.MaxFailures > 0 && l.FailureInterval > 0 {
+		a.throttle = newThrottle(l.MaxFailures, l.FailureInterval.D(), throttleEntries)
+	}
 	if err := a.Reload(c); err != nil {
 		return nil, err
 	}
@@ -78,54 +134,128 @@ func NewAuth(c *Config) (*Auth, error) {
 }
 
 // Reload replaces the users and rules with c's. On error the old ones stay.
-func (a *Auth) Reload(c *Config) error {
+func (a *Auth) Reload(c *config.Config) error {
 	st := &authState{
 		users:     make(map[string]*authUser, len(c.Users)),
 		anonymous: c.AllowAnonymous,
 		anonACL:   c.Anonymous,
 	}
+	costs := map[int]int{}
 	for _, u := range c.Users {
-		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
-			return fmt.Errorf("gateway: user %q: password_hash: %w", u.Name, err)
-		}
 		if _, dup := st.users[u.Name]; dup {
 			return fmt.Errorf("gateway: user %q: defined twice", u.Name)
 		}
-		st.users[u.Name] = &authUser{hash: []byte(u.PasswordHash), acl: ACL{Publish: u.Publish, Subscribe: u.Subscribe}}
+		au := &authUser{acl: config.ACL{Publish: u.Publish, Subscribe: u.Subscribe}}
+		if u.PasswordHash != "" {
+			cost, err := passwordhash.Check(u.PasswordHash)
+			if err != nil {
+				return fmt.Errorf("gateway: user %q: password_hash: %w", u.Name, err)
+			}
+			costs[cost]++
+			au.hash = []byte(u.PasswordHash)
+		}
+		st.users[u.Name] = au
 	}
+	cost, most := DefaultBcryptCost, 0
+	for c, n := range costs {
+		if n > most || n == most && c > cost {
+			cost, most = c, n
+		}
+	}
+	st.dummy = dummyHash(cost)
 	a.state.Store(st)
 	return nil
 }
 
+var errBadLogin = fmt.Errorf("%w: bad username or password", message.ErrNotAuthorized)
+
 // Authenticate checks a login. An empty username without a password is an
-// anonymous client, let in only when allow_anonymous is true. Any other
-// refusal wraps message.ErrNotAuthorized and does not tell whether the user
-// exists.
-func (a *Auth) Authenticate(username, password string, hasPassword bool) error {
+// anonymous client, let in only when allow_anonymous is true. A certified
+// login (the name from a verified client certificate) needs only an
+// existing user. Any other refusal wraps message.ErrNotAuthorized and does
+// not tell whether the user exists or the attempt was throttled.
+func (a *Auth) Authenticate(ctx context.Context, l message.Login) error {
 	st := a.state.Load()
-	if username == "" && !hasPassword {
+	if l.Username == "" && !l.HasPassword && !l.Certified {
 		if st.anonymous {
 			return nil
 		}
+		a.stats[LoginBadCredentials].Add(1)
 		return fmt.Errorf("%w: anonymous access is not allowed", message.ErrNotAuthorized)
 	}
-	u, ok := st.users[username]
-	if !ok || !hasPassword {
-		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
-		return fmt.Errorf("%w: bad username or password", message.ErrNotAuthorized)
-	}
-	key := a.cacheKey(username, password, u.hash)
-	if a.cached(key) {
+	u, known := st.users[l.Username]
+	if l.Certified {
+		if !known {
+			a.stats[LoginBadCredentials].Add(1)
+			return fmt.Errorf("%w: certificate user %q is not configured", message.ErrNotAuthorized, l.Username)
+		}
 		return nil
 	}
-	if err := bcrypt.CompareHashAndPassword(u.hash, []byte(password)); err != nil {
-		if errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
-			return fmt.Errorf("%w: bad username or password", message.ErrNotAuthorized)
+	var key [32]byte
+	if known && u.hash != nil {
+		key = a.cacheKey(l.Username, l.Password, u.hash)
+		if a.cached(key) {
+			return nil
 		}
+	}
+	addr := sourceKey(l.Remote)
+	if a.throttle != nil && !a.throttle.allowed(a.now(), addr, "u:"+l.Username) {
+		a.stats[LoginThrottled].Add(1)
+		return errBadLogin
+	}
+	real := known && u.hash != nil && l.HasPassword
+	hash := st.dummy
+	if real {
+		hash = u.hash
+	}
+	select {
+	case a.sem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: login not checked: %w", message.ErrNotAuthorized, context.Cause(ctx))
+	}
+	err := a.compare(hash, []byte(l.Password))
+	<-a.sem
+	if err == nil && real {
+		a.remember(key)
+		return nil
+	}
+	a.stats[LoginBadCredentials].Add(1)
+	if a.throttle != nil {
+		a.throttle.failed(a.now(), addr, "u:"+l.Username)
+	}
+	if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
 		return fmt.Errorf("%w: %w", message.ErrNotAuthorized, err)
 	}
-	a.remember(key)
-	return nil
+	return errBadLogin
+}
+
+// Stats returns the refused logins by reason.
+func (a *Auth) Stats() LoginStats {
+	s := LoginStats{Failures: make(map[string]uint64, numLoginFailures)}
+	for i := range a.stats {
+		s.Failures[loginFailureNames[i]] = a.stats[i].Load()
+	}
+	return s
+}
+
+// sourceKey is the throttling key of a client address: its IP, or the /64
+// of an IPv6 address (one host usually has a whole /64). "" when unknown.
+func sourceKey(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		if host == "" {
+			return ""
+		}
+		return "a:" + host
+	case ip.To4() != nil:
+		return "a:" + ip.To4().String()
+	}
+	return "a:" + ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
 func (a *Auth) cached(key [32]byte) bool {
@@ -162,14 +292,102 @@ func (a *Auth) cacheKey(user, password string, hash []byte) [32]byte {
 	return k
 }
 
-func (a *Auth) acl(username string) (ACL, bool) {
+// throttleEntries bounds the addresses and users whose failures are
+// remembered.
+const throttleEntries = 16384
+
+// throttle is a token bucket per key (source address, username) that only
+// failures drain: burst failures, then one per interval.
+type throttle struct {
+	burst    float64
+	interval time.Duration
+	max      int
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func newThrottle(burst int, interval time.Duration, max int) *throttle {
+	return &throttle{burst: float64(burst), interval: interval, max: max, buckets: map[string]*bucket{}}
+}
+
+// level refills b to now and returns its tokens.
+func (t *throttle) level(b *bucket, now time.Time) float64 {
+	if d := now.Sub(b.at); d > 0 {
+		b.tokens = min(t.burst, b.tokens+float64(d)/float64(t.interval))
+		b.at = now
+	}
+	return b.tokens
+}
+
+// allowed reports whether a login from addr for user may be checked: addr
+// has a failure left, and so has user, unless addr has no recent failure
+// at all. So guessing one user's password from many addresses is slowed
+// down, but cannot lock the user out of an address that behaves.
+func (t *throttle) allowed(now time.Time, addr, user string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.buckets[addr]
+	switch {
+	case a != nil && t.level(a, now) < 1:
+		return false
+	case a == nil || t.level(a, now) >= t.burst:
+		return true // a clean address
+	}
+	u := t.buckets[user]
+	return u == nil || t.level(u, now) >= 1
+}
+
+// failed takes one failure from every key.
+func (t *throttle) failed(now time.Time, keys ...string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		b := t.buckets[k]
+		if b == nil {
+			if len(t.buckets) >= t.max {
+				t.pruneLocked(now)
+			}
+			b = &bucket{tokens: t.burst, at: now}
+			t.buckets[k] = b
+		}
+		t.level(b, now)
+		b.tokens = max(0, b.tokens-1)
+	}
+}
+
+// pruneLocked forgets the keys that have all their failures back, or, when
+// none has, an arbitrary one.
+func (t *throttle) pruneLocked(now time.Time) {
+	for k, b := range t.buckets {
+		if t.level(b, now) >= t.burst {
+			delete(t.buckets, k)
+		}
+	}
+	if len(t.buckets) >= t.max {
+		for k := range t.buckets {
+			delete(t.buckets, k)
+			break
+		}
+	}
+}
+
+func (a *Auth) acl(username string) (config.ACL, bool) {
 	st := a.state.Load()
 	if username == "" {
 		return st.anonACL, st.anonymous
 	}
 	u, ok := st.users[username]
 	if !ok {
-		return ACL{}, false
+		return config.ACL{}, false
 	}
 	return u.acl, true
 }
@@ -182,7 +400,7 @@ func (a *Auth) CanPublish(username, clientID, topic string) bool {
 		return false
 	}
 	for _, f := range acl.Publish {
-		if f, ok := substitute(f, username, clientID); ok && message.Match(f, topic) {
+		if f, ok := substitute(f, username, clientID); ok && aclMatch(f, topic) {
 			return true
 		}
 	}
@@ -223,13 +441,49 @@ func safeLevel(s string) bool {
 	return s != "" && !strings.ContainsAny(s, "/+#\x00")
 }
 
-// covers reports whether every topic matching filter sub also matches the
-// ACL filter acl.
-func covers(acl, sub string) bool {
-	// A first-level wildcard never matches $ topics, so it covers no $
-	// filter either.
-	if strings.HasPrefix(sub, "$") && (strings.HasPrefix(acl, "+") || strings.HasPrefix(acl, "#")) {
+// aclMatch reports whether the ACL filter acl grants topic. It is
+// message.Match except for $ topics: MQTT-4.7.2-1 keeps them from '#' and
+// '+' subscriptions (delivery), which says nothing about rights. In an ACL
+// a wildcard first level grants $ topics too, except $SYS (the broker's
+// own, which devices may not publish to anyway): an ACL of '#' is "every
+// topic", and a client that may publish $TopicA/B by it may also
+// subscribe to $TopicA/B by name. $SYS needs a filter that names it.
+func aclMatch(acl, topic string) bool {
+	if message.Match(acl, topic) {
+		return true
+	}
+	if !strings.HasPrefix(topic, "$") || isSys(topic) || !wildFirst(acl) {
 		return false
+	}
+	// The first level of acl matches any first level: match the rest as
+	// for an ordinary topic.
+	return message.Match(acl, "_"+topic[1:])
+}
+
+// isSys reports whether topic (or filter) is under $SYS, in any case (as
+// ingest.CheckTopic refuses it).
+func isSys(topic string) bool {
+	first, _, _ := strings.Cut(topic, "/")
+	return strings.EqualFold(first, "$SYS")
+}
+
+// wildFirst reports whether filter's first level is '+' or '#'.
+func wildFirst(filter string) bool {
+	return strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")
+}
+
+// covers reports whether every topic matching filter sub is also granted
+// by the ACL filter acl (aclMatch).
+func covers(acl, sub string) bool {
+	// A first-level wildcard grants no $SYS topic, so it covers no $SYS
+	// filter either (see aclMatch).
+	if isSys(sub) && wildFirst(acl) {
+		return false
+	}
+	// Every topic has a first level, so "+/#" matches all that "#" does
+	// (found by FuzzACLSubscribe; the level walk below would refuse it).
+	if sub == "#" && acl == "+/#" {
+		return true
 	}
 	for {
 		a, arest, amore := strings.Cut(acl, "/")
@@ -255,10 +509,13 @@ func covers(acl, sub string) bool {
 }
 
 // HashPassword returns the bcrypt hash of password for a users entry. cost
-// 0 means DefaultBcryptCost.
+// 0 means DefaultBcryptCost; others must be MinBcryptCost..MaxBcryptCost.
 func HashPassword(password string, cost int) (string, error) {
 	if cost == 0 {
 		cost = DefaultBcryptCost
+	}
+	if cost < passwordhash.Floor || cost > MaxBcryptCost {
+		return "", fmt.Errorf("gateway: hash password: cost must be %d..%d (got %d)", passwordhash.Floor, MaxBcryptCost, cost)
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
 	if err != nil {

@@ -1,16 +1,19 @@
 package gateway
 
 import (
+	"context"
 	"errors"
+	"os"
 	"sync"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
-func authConfig(t *testing.T, extra string) *Config {
+func authConfig(t *testing.T, extra string) *config.Config {
 	t.Helper()
 	return mustParse(t, minimal+`users:
   - name: dev
@@ -20,6 +23,12 @@ func authConfig(t *testing.T, extra string) *Config {
   - name: reader
     password_hash: '`+hashSecret+`'
     subscribe: ['#']
+  - name: all
+    password_hash: '`+hashSecret+`'
+    publish: ['#']
+  - name: plus
+    password_hash: '`+hashSecret+`'
+    publish: ['+/B']
 `+extra)
 }
 
@@ -47,7 +56,7 @@ func TestAuthenticate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = a.Authenticate(tt.user, tt.pw, tt.hasPW)
+			err = authn(a, tt.user, tt.pw, tt.hasPW)
 			if tt.wantAllow && err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -74,6 +83,13 @@ func TestACL(t *testing.T) {
 		{"dev", "pump1", "users/reader/x/state", false},
 		{"dev", "pump1", "users/dev/x/y/state", false},
 		{"dev", "pump1", "$ferry/ping", true},
+		{"", "anon", "$public/a", false}, // "public/#" names its first level
+		{"all", "c", "$TopicA/B", true},  // '#' grants $ topics ...
+		{"all", "c", "$TopicA", true},
+		{"all", "c", "$SYS/x", false}, // ... except $SYS
+		{"all", "c", "$sys/x", false},
+		{"plus", "c", "$TopicA/B", true}, // '+/B'
+		{"plus", "c", "$TopicA/C", false},
 		{"dev", "p/+", "sensors/p/+/x", false}, // a client id with '/' or '+' never widens %c
 		{"dev", "p#", "sensors/p#", false},
 		{"dev", "", "sensors//x", false},
@@ -104,7 +120,10 @@ func TestACL(t *testing.T) {
 		{"dev", "pump1", "#", false},
 		{"reader", "c", "#", true},
 		{"reader", "c", "a/+/b", true},
-		{"reader", "c", "$SYS/#", false}, // '#' does not cover $ topics
+		{"reader", "c", "$SYS/#", false}, // '#' does not cover $SYS
+		{"reader", "c", "$sys/x", false},
+		{"reader", "c", "$TopicA/#", true}, // but other $ topics (aclMatch)
+		{"reader", "c", "$TopicA/B", true},
 		{"", "anon", "public/#", false},
 	}
 	for _, tt := range sub {
@@ -118,15 +137,17 @@ func TestACL(t *testing.T) {
 // covers(acl, sub) holds, every sample topic matched by sub is matched by
 // acl.
 func TestCovers(t *testing.T) {
-	filters := []string{"#", "+", "a", "a/#", "a/+", "a/b", "a/+/c", "+/b", "+/+", "a/b/#", "+/#", "$SYS/#", "$SYS/+", "a/+/#"}
-	topics := []string{"a", "b", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "a/b/c/d", "$SYS/x", "$SYS", "/a", "a/"}
+	filters := []string{"#", "+", "a", "a/#", "a/+", "a/b", "a/+/c", "+/b", "+/+", "a/b/#", "+/#", "$SYS/#", "$SYS/+", "a/+/#",
+		"$a/#", "$a/b", "+/b/#", "$sys/#"}
+	topics := []string{"a", "b", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "a/b/c/d", "$SYS/x", "$SYS", "/a", "a/",
+		"$a", "$a/b", "$a/b/c", "$sys/x", "$b/b"}
 	for _, acl := range filters {
 		for _, sub := range filters {
 			if !covers(acl, sub) {
 				continue
 			}
 			for _, topic := range topics {
-				if message.Match(sub, topic) && !message.Match(acl, topic) {
+				if message.Match(sub, topic) && !aclMatch(acl, topic) {
 					t.Errorf("covers(%q, %q) but %q matches the subscription and not the ACL", acl, sub, topic)
 				}
 			}
@@ -143,7 +164,7 @@ func TestAuthReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Authenticate("dev", "secret", true); err != nil {
+	if err := authn(a, "dev", "secret", true); err != nil {
 		t.Fatal(err) // and now cached
 	}
 	newHash, err := HashPassword("changed", bcrypt.MinCost)
@@ -156,16 +177,16 @@ func TestAuthReload(t *testing.T) {
 	if err := a.Reload(c2); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Authenticate("dev", "secret", true); err == nil {
+	if err := authn(a, "dev", "secret", true); err == nil {
 		t.Fatal("old password still accepted after reload (cache not keyed by hash)")
 	}
-	if err := a.Authenticate("dev", "changed", true); err != nil {
+	if err := authn(a, "dev", "changed", true); err != nil {
 		t.Fatal(err)
 	}
 	if a.CanPublish("dev", "pump1", "sensors/pump1/t") || !a.CanPublish("dev", "pump1", "other/x") {
 		t.Fatal("ACL not reloaded")
 	}
-	if err := a.Authenticate("", "", false); err != nil {
+	if err := authn(a, "", "", false); err != nil {
 		t.Fatal("allow_anonymous not reloaded")
 	}
 	bad := authConfig(t, "")
@@ -173,7 +194,7 @@ func TestAuthReload(t *testing.T) {
 	if err := a.Reload(bad); err == nil {
 		t.Fatal("Reload accepted a bad hash")
 	}
-	if err := a.Authenticate("", "", false); err != nil {
+	if err := authn(a, "", "", false); err != nil {
 		t.Fatal("failed reload changed the rules")
 	}
 }
@@ -183,13 +204,13 @@ func TestAuthCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Authenticate("dev", "wrong", true); err == nil {
+	if err := authn(a, "dev", "wrong", true); err == nil {
 		t.Fatal("wrong password accepted")
 	}
 	if n := len(a.cache); n != 0 {
 		t.Fatalf("a failed check was cached (%d entries)", n)
 	}
-	if err := a.Authenticate("dev", "secret", true); err != nil {
+	if err := authn(a, "dev", "secret", true); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(a.cache); n != 1 {
@@ -197,7 +218,7 @@ func TestAuthCache(t *testing.T) {
 	}
 	// The cache entry binds user, password and hash: a wrong password
 	// for the same user is still refused.
-	if err := a.Authenticate("dev", "secretX", true); err == nil {
+	if err := authn(a, "dev", "secretX", true); err == nil {
 		t.Fatal("wrong password accepted with a cached login")
 	}
 	for i := range authCacheSize + 10 {
@@ -219,7 +240,7 @@ func TestAuthConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				if err := a.Authenticate("dev", "secret", true); err != nil {
+				if err := authn(a, "dev", "secret", true); err != nil {
 					t.Error(err)
 					return
 				}
@@ -250,5 +271,34 @@ func TestHashPassword(t *testing.T) {
 	}
 	if c, _ := bcrypt.Cost([]byte(h)); c != DefaultBcryptCost {
 		t.Fatalf("cost = %d", c)
+	}
+}
+
+// authn is a password login from no particular address.
+func authn(a *Auth, user, password string, hasPassword bool) error {
+	return a.Authenticate(context.Background(), message.Login{Username: user, Password: password, HasPassword: hasPassword})
+}
+
+// TestDevConfigDollarTopics: configs/dev.yaml's anonymous rights accept a
+// publish to a $ topic other than $SYS (mosquitto does), and still refuse
+// $SYS.
+func TestDevConfigDollarTopics(t *testing.T) {
+	data, err := os.ReadFile("../configs/dev.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse("dev.yaml", data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.CanPublish("", "c", "$TopicA/B") || !a.CanSubscribe("", "c", "$TopicA/#") {
+		t.Error("dev.yaml: anonymous may not use $TopicA/B")
+	}
+	if a.CanPublish("", "c", "$SYS/x") || a.CanSubscribe("", "c", "$SYS/#") {
+		t.Error("dev.yaml: anonymous may use $SYS")
 	}
 }

@@ -1,19 +1,27 @@
-// Package gateway turns the parts of Ferry into one product: it owns the
-// configuration (one strict YAML schema, validated with every problem
-// reported as file:line:col: path: reason), the routing rules that decide
-// each message's lane, TTL, dedupe key and upstream topic, the users and
-// ACLs shared by MQTT and STOMP, the Prometheus metrics, the HTTP endpoints
-// (/metrics, /healthz, /readyz, /api/status and the status page), and the
-// wiring and lifecycle of spool, bridge and listeners. It is the only
-// package that imports all the others.
+// Package gateway turns the parts of Ferry into one product: the routing
+// rules that decide each message's lane, TTL, dedupe key and upstream
+// topic, the users and ACLs shared by MQTT and STOMP, the Prometheus
+// metrics, the HTTP endpoints (/metrics, /healthz, /readyz, /api/status,
+// the status page and the spool API of `ferry spool`), and the wiring and
+// lifecycle of spool, bridge and listeners (gateway.go; the development
+// broker and the start banner in dev.go). The configuration is package
+// gateway/config. It is the only package that imports all the others.
+//
+// # HTTP
+//
+// Every request must name the gateway in its Host header (against DNS
+// rebinding); spool changes must be non-simple, same-origin requests
+// (AdminHeader, http.CrossOriginProtection) from loopback or a logged-in
+// client, and are logged; listeners.http.auth (Basic or bearer, bcrypt)
+// protects everything but the probes. http_access.go has the rules.
 //
 // # Configuration
 //
-// Load reads a file, Parse a byte slice; both apply Default for every key
-// left out and return a *ConfigError that lists every problem. Validate is
-// structural and touches no files; CheckFiles checks that the TLS files
-// exist. SpoolOptions maps the spool section to spool.Options; the other
-// sections are plain structs that the wiring maps to component options.
+// New takes a *config.Config (config.Load reads and validates one). The
+// mapping of each section to the Options of spool, bridge, mqtt and stomp
+// is in gateway/config (options.go); gateway.go adds the runtime parts
+// (ingest core, authorizer, state store, loggers, callbacks). Reload loads
+// the file again and applies config.ReloadableKeys.
 //
 // # Concurrency
 //

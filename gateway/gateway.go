@@ -1,9 +1,9 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -12,20 +12,21 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/gateway/config"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/protocols/mqtt"
 	"github.com/ferrymq/ferry/protocols/stomp"
 	"github.com/ferrymq/ferry/spool"
+	"github.com/ferrymq/ferry/spool/spoolsink"
 )
 
 // Version is set at build time (-ldflags -X).
@@ -34,44 +35,59 @@ var Version = "dev"
 // Options are the runtime parts of a Gateway that are not configuration.
 type Options struct {
 	Logger *slog.Logger // nil: discard
+	// LogLevel is the level Logger logs from, when it can change: Reload
+	// sets it from log.level. nil: a reload leaves the level alone.
+	LogLevel *slog.LevelVar
+	// LogLevelPinned: the level was chosen at start (ferry run -v,
+	// --log-level) and wins over log.level, also on reload.
+	LogLevelPinned bool
 	// Banner receives the start banner (how to publish, where to watch);
 	// nil: none.
 	Banner io.Writer
 }
 
 // Gateway is one running Ferry: spool, bridge, listeners and HTTP, wired
-// as DESIGN.md §2 draws them.
+// as docs/design.md §2 draws them.
 type Gateway struct {
-	cfg    *Config
+	cfg    *config.Config
 	log    *slog.Logger
+	level  *slog.LevelVar // nil: fixed
+	pinned bool           // level given at start, not from log.level
 	banner io.Writer
 
 	sp      *spool.Spool
+	core    *ingest.Core
 	auth    *Auth
 	router  *Router
 	metrics *Metrics
 	mq      *mqtt.Server
 	st      *stomp.Server
 	stLns   []net.Listener
+	stWS    *http.Server // the stomp_websocket listener, or nil
+	stWSLn  net.Listener
 	br      *bridge.Bridge
+	down    *downlane     // the downstream lane, or nil without bridge.downstream
 	up      *mochi.Server // the embedded development upstream, or nil
 	httpSrv *http.Server
 	httpLn  net.Listener
 
-	ready   atomic.Bool
-	linkUp  atomic.Bool
-	leaseMu sync.Mutex
-	leased  map[uint64]time.Time // in flight upstream: id → accepted at, for ferry_message_age_seconds
+	dupLog rate.Sometimes // the duplicate log line, at most once a second
+
+	ready  atomic.Bool
+	linkUp atomic.Bool
 }
 
 // New opens the spool and builds every part; nothing listens until Run.
 // It fails with spool.ErrLocked when another gateway holds the spool.
-func New(cfg *Config, o Options) (*Gateway, error) {
+func New(cfg *config.Config, o Options) (*Gateway, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Gateway{cfg: cfg, log: log, banner: o.Banner, leased: make(map[uint64]time.Time)}
+	g := &Gateway{cfg: cfg, log: log, level: o.LogLevel, pinned: o.LogLevelPinned, banner: o.Banner, dupLog: rate.Sometimes{Interval: time.Second}}
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration warning", "warning", w)
+	}
 	var err error
 	if g.auth, err = NewAuth(cfg); err != nil {
 		return nil, err
@@ -84,14 +100,23 @@ func New(cfg *Config, o Options) (*Gateway, error) {
 			return nil, fmt.Errorf("spool directory: %w", err)
 		}
 	}
-	if g.sp, err = spool.Open(cfg.Spool.Path, cfg.SpoolOptions(log.With("component", "spool"))); err != nil {
+	if g.sp, err = spool.Open(cfg.Spool.Path, cfg.GatewaySpoolOptions(log.With("component", "spool"))); err != nil {
 		return nil, err
 	}
 	if rep := g.sp.Salvaged(); rep != nil {
-		log.Warn("spool was damaged and has been salvaged", "kept", rep.Kept, "lost", rep.Lost, "damaged_file", rep.Damaged)
+		log.Warn("spool was damaged and has been salvaged", "kept", rep.Kept, "lost", rep.LostText(), "damaged_file", rep.Damaged)
+	}
+	if len(cfg.Bridge.Downstream) > 0 {
+		if g.down, err = openDownlane(cfg, log); err != nil {
+			_ = g.sp.Close()
+			return nil, err
+		}
 	}
 	if err := g.build(); err != nil {
 		_ = g.sp.Close()
+		if g.down != nil {
+			_ = g.down.sp.Close()
+		}
 		return nil, err
 	}
 	return g, nil
@@ -106,167 +131,89 @@ func dirOf(p string) string {
 
 func (g *Gateway) build() error {
 	cfg := g.cfg
-	router := linkAwareRouter{r: g.router, up: &g.linkUp}
-	relayToSTOMP, relayToMQTT := &relay{}, &relay{}
-
-	var lns []mqtt.Listener
-	if a := cfg.Listeners.MQTT.Address; a != "" {
-		lns = append(lns, mqtt.Listener{Name: "mqtt", Kind: mqtt.KindTCP, Address: a})
-	}
-	if l := cfg.Listeners.MQTTTLS; l.Address != "" {
-		tc, err := serverTLS(l.TLS)
-		if err != nil {
-			return fmt.Errorf("listeners.mqtt_tls: %w", err)
-		}
-		lns = append(lns, mqtt.Listener{Name: "mqtt_tls", Kind: mqtt.KindTLS, Address: l.Address, TLS: tc})
-	}
-	if a := cfg.Listeners.WebSocket.Address; a != "" {
-		lns = append(lns, mqtt.Listener{Name: "websocket", Kind: mqtt.KindWS, Address: a})
-	}
-	lim := cfg.Limits.MQTT
 	var err error
-	if len(lns) > 0 {
-		g.mq, err = mqtt.New(mqtt.Options{
-			Listeners:      lns,
-			Sink:           g.sink(message.ProtoMQTT),
-			Router:         router,
-			Auth:           g.auth,
-			Local:          relayToSTOMP,
-			AcceptTimeout:  lim.AcceptTimeout.D(),
-			ConnectTimeout: lim.ConnectTimeout.D(),
-			MaxConnections: orNoLimit(lim.MaxConnections),
-			MaxPacketSize:  int(lim.MaxPacketSize),
-			MaxTopicLength: lim.MaxTopicLength,
-			MaxTopicLevels: lim.MaxTopicLevels,
-			PublishRate:    lim.PublishRate,
-			PublishBurst:   lim.PublishBurst,
-			Logger:         g.log.With("component", "mqtt"),
-		})
-		if err != nil {
-			return err
-		}
-		relayToMQTT.to = g.mq
-	}
-
-	sl := cfg.Limits.STOMP
-	if cfg.Listeners.STOMP.Address != "" || cfg.Listeners.STOMPTLS.Address != "" {
-		hb := sl.Heartbeat.D()
-		if hb == 0 {
-			hb = -1 // off
-		}
-		g.st, err = stomp.NewServer(stomp.Options{
-			Sink:           g.sink(message.ProtoSTOMP),
-			Auth:           g.auth,
-			Router:         router,
-			Local:          relayToMQTT,
-			AcceptTimeout:  sl.AcceptTimeout.D(),
-			MaxFrameSize:   int(sl.MaxFrameSize),
-			MaxHeaders:     sl.MaxHeaders,
-			MaxHeaderLine:  int(sl.MaxHeaderLine),
-			MaxConnections: sl.MaxConnections,
-			ReadTimeout:    sl.ReadTimeout.D(),
-			HeartBeat:      [2]time.Duration{hb, hb},
-			Logger:         g.log.With("component", "stomp"),
-		})
-		if err != nil {
-			return err
-		}
-		relayToSTOMP.to = g.st
-	}
-
-	bc := cfg.Bridge
-	brokers := bc.Upstream
-	if bc.IsEmbedded() {
-		brokers = []string{"tcp://" + bc.EmbeddedAddress}
-	}
-	format, err := bridge.ParseFormat(bc.Format)
+	g.core, err = ingest.New(ingest.Options{
+		Sink: spoolsink.New(g.sp, spoolsink.Options{
+			OnAccepted: func(m *message.Message) { g.metrics.ObserveAccepted(m.Source.Protocol.String(), m.Priority) },
+			OnDuplicate: func(m *message.Message) {
+				rt := g.router.Route(m.Topic)
+				g.metrics.ObserveDuplicate(rt.Name, dedupeReason(rt.Dedupe.Kind))
+				g.dupLog.Do(func() {
+					g.log.Info("duplicate acknowledged, not stored again (a retransmit, or the route's dedupe key seen inside spool.dedupe_window)",
+						"topic", m.Topic, "client_id", m.Source.ClientID, "msg_id", m.ID, "duplicates_total", g.sp.Stats().Duplicates)
+				})
+			},
+			Retained: cfg.State.Persist,
+		}),
+		Router:  g.router,
+		LinkUp:  g.linkUp.Load,
+		Timeout: cfg.Limits.MQTT.AcceptTimeout.D(),
+		Logger:  g.log.With("component", "ingest"),
+	})
 	if err != nil {
 		return err
 	}
-	bo := bridge.Options{
-		Brokers:        brokers,
-		Username:       bc.Username,
-		Password:       bc.Password,
-		ClientID:       bc.ClientID,
-		GatewayID:      cfg.GatewayID,
-		KeepAlive:      bc.Keepalive.D(),
-		ConnectTimeout: bc.ConnectTimeout.D(),
-		Window:         bc.Window,
-		Partitions:     bc.Partitions,
-		BackoffBase:    bc.Backoff.Base.D(),
-		BackoffMax:     bc.Backoff.Max.D(),
-		StableAfter:    bc.StableAfter.D(),
-		StallTimeout:   bc.StallTimeout.D(),
-		MaxAttempts:    bc.MaxAttempts,
-		MaxRate:        bc.MaxRate.Messages,
-		MaxByteRate:    float64(bc.MaxRate.Bytes),
-		Format:         format,
-		Downstream:     bc.Downstream,
-		DownstreamSink: message.SinkFunc(g.downstream),
-		Logger:         g.log.With("component", "bridge"),
+
+	lns, err := cfg.MQTTListeners()
+	if err != nil {
+		return err
 	}
-	if needsTLS(brokers) || bc.TLS.CAFile != "" || bc.TLS.CertFile != "" {
-		tc, err := bridge.LoadTLS(bridge.TLSFiles{CAFile: bc.TLS.CAFile, CertFile: bc.TLS.CertFile, KeyFile: bc.TLS.KeyFile, ServerName: bc.TLS.ServerName})
-		if err != nil {
+	if len(lns) > 0 {
+		mo := cfg.MQTTOptions(lns)
+		mo.Ingest, mo.Auth, mo.Store = g.core, g.auth, cfg.StoreOptions(spoolState{g.sp})
+		mo.Logger = g.log.With("component", "mqtt")
+		if g.mq, err = mqtt.New(mo); err != nil {
 			return err
 		}
-		tc.InsecureSkipVerify = bc.TLS.InsecureSkipVerify
-		bo.TLS = tc
 	}
-	if g.br, err = bridge.New(queueWithAge{g}, bo); err != nil {
+
+	if cfg.HasSTOMP() {
+		so := cfg.STOMPOptions()
+		so.Ingest, so.Auth = g.core, g.auth
+		so.Logger = g.log.With("component", "stomp")
+		if g.st, err = stomp.NewServer(so); err != nil {
+			return err
+		}
+	}
+
+	bo, err := cfg.BridgeOptions()
+	if err != nil {
+		return err
+	}
+	bo.Retain = func(m *message.Message) bool { return g.router.Route(m.Topic).UpstreamRetain }
+	bo.OnDelivered = func(age time.Duration) { g.metrics.ObserveMessageAge(age) }
+	bo.Logger = g.log.With("component", "bridge")
+	if g.down != nil {
+		bo.DownstreamSink = g.down
+		if g.mq != nil {
+			g.down.targets = append(g.down.targets, g.mq)
+		}
+		if g.st != nil {
+			g.down.targets = append(g.down.targets, g.st)
+		}
+	}
+	if g.br, err = bridge.New(g.sp, bo); err != nil {
 		return err
 	}
 
 	g.metrics = NewMetrics(MetricsOptions{
-		GatewayID: cfg.GatewayID,
-		Version:   Version,
-		Spool:     g.sp,
-		Ingress:   g.ingressStats,
-		Bridge:    g.bridgeStats,
+		GatewayID:        cfg.GatewayID,
+		Version:          Version,
+		Spool:            g.sp,
+		Ingress:          g.ingressStats,
+		Bridge:           g.bridgeStats,
+		Routes:           g.router.Routes,
+		SpoolMaxBytes:    int64(cfg.Spool.MaxBytes),
+		SpoolMaxMessages: cfg.Spool.MaxMessages,
+		MaxRate:          cfg.Bridge.MaxRate.Messages,
+		MaxByteRate:      float64(cfg.Bridge.MaxRate.Bytes),
+		Salvage:          g.sp.Stats().Salvage, // kept in the file: the last salvage, also after restarts
+		Logins:           g.auth.Stats,
 	})
+	if g.mq != nil && cfg.State.Persist {
+		g.metrics.Registry().MustRegister(stateCollector{mq: g.mq, sp: g.sp})
+	}
 	return nil
-}
-
-func orNoLimit(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}
-
-func needsTLS(urls []string) bool {
-	for _, u := range urls {
-		for _, p := range []string{"ssl://", "tls://", "mqtts://", "wss://"} {
-			if strings.HasPrefix(u, p) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func serverTLS(c ServerTLS) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: load certificate: %w", err)
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-	if c.ClientCAFile != "" {
-		pem, err := os.ReadFile(c.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls: client_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls: client_ca_file %s: no certificate", c.ClientCAFile)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-		if c.RequireClientCert {
-			tc.ClientAuth = tls.RequireAndVerifyClientCert
-		}
-	}
-	return tc, nil
 }
 
 // Run starts the parts in order (embedded upstream, bridge, listeners,
@@ -279,6 +226,11 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		if cerr := g.sp.Close(); err == nil && cerr != nil {
 			err = cerr
 		}
+		if g.down != nil {
+			if cerr := g.down.sp.Close(); err == nil && cerr != nil {
+				err = cerr
+			}
+		}
 	}()
 	if g.cfg.Bridge.IsEmbedded() {
 		if err := g.startEmbedded(); err != nil {
@@ -290,7 +242,14 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	brDone := make(chan error, 1)
 	go func() { brDone <- g.br.Run(brCtx) }()
 	go g.watchLink(brCtx)
+	// The sampler behind the status page's rates, history and outages; it
+	// stops before the bridge, so that the shutdown is not an outage.
+	smpCtx, stopSampler := context.WithCancel(context.Background())
+	smpDone := make(chan struct{})
+	go func() { defer close(smpDone); g.metrics.Run(smpCtx) }()
 	stopBr := func() error {
+		stopSampler()
+		<-smpDone
 		stopBridge()
 		if err := <-brDone; err != nil && !errors.Is(err, context.Canceled) {
 			return err
@@ -308,6 +267,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		_ = stopBr()
 		return err
 	}
+	stopDown := func() {}
+	if g.down != nil {
+		dctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); g.down.run(dctx) }()
+		stopDown = func() { cancel(); <-done }
+	}
 	g.ready.Store(true)
 	g.log.Info("gateway started", "gateway_id", g.cfg.GatewayID, "version", Version, "spool", g.cfg.Spool.Path)
 	g.printBanner()
@@ -319,6 +285,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		g.log.Error("bridge stopped", "err", err)
 	}
 	g.ready.Store(false)
+	stopDown() // before the listeners it delivers to
 	g.log.Info("stopping listeners")
 	g.stopListeners()
 	g.log.Info("stopping bridge")
@@ -339,34 +306,58 @@ func (g *Gateway) startListeners() error {
 		}
 	}
 	if g.st != nil {
-		for _, l := range []struct {
-			name string
-			addr string
-			tls  *ServerTLS
-		}{{"stomp", g.cfg.Listeners.STOMP.Address, nil}, {"stomp_tls", g.cfg.Listeners.STOMPTLS.Address, &g.cfg.Listeners.STOMPTLS.TLS}} {
-			if l.addr == "" {
-				continue
+		for _, name := range []string{"stomp", "stomp_tls", "stomp_websocket"} {
+			if err := g.startSTOMP(name); err != nil {
+				return err
 			}
-			ln, err := net.Listen("tcp", l.addr)
-			if err != nil {
-				return fmt.Errorf("listeners.%s: %w", l.name, err)
-			}
-			if l.tls != nil {
-				tc, err := serverTLS(*l.tls)
-				if err != nil {
-					_ = ln.Close()
-					return fmt.Errorf("listeners.%s: %w", l.name, err)
-				}
-				ln = tls.NewListener(ln, tc)
-			}
-			g.stLns = append(g.stLns, ln)
-			go func() {
-				if err := g.st.Serve(ln); err != nil && !errors.Is(err, stomp.ErrServerClosed) {
-					g.log.Error("stomp listener stopped", "listener", l.name, "err", err)
-				}
-			}()
 		}
 	}
+	return nil
+}
+
+// startSTOMP starts one STOMP listener (TCP, or WebSocket on its path),
+// with TLS when its tls block says so.
+func (g *Gateway) startSTOMP(name string) error {
+	addr, tc, lo, err := g.cfg.STOMPListener(name)
+	if err != nil || addr == "" {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listeners.%s: %w", name, err)
+	}
+	kind := "tcp"
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
+		kind = "tls"
+	}
+	if name == "stomp_websocket" {
+		path := g.cfg.Listeners.STOMPWebSocket.Path
+		mux := http.NewServeMux()
+		mux.Handle(path, g.st.WebSocketHandlerWith(lo))
+		g.stWS = &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: g.cfg.Limits.STOMP.ConnectTimeout.D(),
+			MaxHeaderBytes:    int(g.cfg.Limits.STOMP.MaxConnectSize) + 4096,
+			ErrorLog:          slog.NewLogLogger(g.log.With("component", "stomp", "listener", name).Handler(), slog.LevelDebug),
+		}
+		g.stWSLn = ln
+		kind = map[string]string{"tcp": "ws", "tls": "wss"}[kind]
+		g.log.Info("stomp listening", "component", "stomp", "listener", name, "kind", kind, "addr", ln.Addr().String(), "path", path)
+		go func() {
+			if err := g.stWS.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.log.Error("stomp listener stopped", "listener", name, "err", err)
+			}
+		}()
+		return nil
+	}
+	g.stLns = append(g.stLns, ln)
+	g.log.Info("stomp listening", "component", "stomp", "listener", name, "kind", kind, "addr", ln.Addr().String())
+	go func() {
+		if err := g.st.ServeWith(ln, lo); err != nil && !errors.Is(err, stomp.ErrServerClosed) {
+			g.log.Error("stomp listener stopped", "listener", name, "err", err)
+		}
+	}()
 	return nil
 }
 
@@ -384,10 +375,16 @@ func addrInUseHint(err error) error {
 func (g *Gateway) stopListeners() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	g.core.Close() // pending and later messages: "shutting down"
 	if g.mq != nil {
 		if err := g.mq.Close(ctx); err != nil {
 			g.log.Warn("mqtt close", "err", err)
 		}
+	}
+	if g.stWS != nil {
+		// Stops the upgrades; the STOMP connections it handed over are
+		// the server's to close, receipts first.
+		_ = g.stWS.Close()
 	}
 	if g.st != nil {
 		if err := g.st.Close(ctx); err != nil {
@@ -405,11 +402,18 @@ func (g *Gateway) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("listeners.http: %w", err)
 	}
+	if t := g.cfg.ListenerTLS("http"); t != nil {
+		tc, err := t.Config()
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listeners.http: %w", err)
+		}
+		ln = tls.NewListener(ln, tc)
+	}
 	g.httpLn = ln
-	mux := http.NewServeMux()
-	mux.Handle("/api/spool/", spoolAPI(g.sp))
-	mux.Handle("/", NewHTTPHandler(HTTPOptions{Metrics: g.metrics, Ready: g.readyErr, Logger: g.log}))
-	g.httpSrv = NewHTTPServer(addr, mux, g.log)
+	h := NewHTTPHandler(HTTPOptions{Metrics: g.metrics, Ready: g.readyErr, Spool: g.sp, Listener: g.cfg.Listeners.HTTP, Logger: g.log})
+	g.httpSrv = NewHTTPServer(addr, h, g.log)
+	g.log.Info("http listening", "component", "http", "listener", "http", "addr", ln.Addr().String(), "auth", cmp.Or(g.cfg.Listeners.HTTP.Auth.Scheme(), "none"))
 	go func() {
 		if err := g.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("http listener stopped", "err", err)
@@ -421,6 +425,12 @@ func (g *Gateway) startHTTP() error {
 func (g *Gateway) readyErr() error {
 	if !g.ready.Load() {
 		return errors.New("starting or stopping")
+	}
+	if err := g.sp.Err(); err != nil {
+		return err
+	}
+	if g.sp.Stats().DiskFull {
+		return errors.New("spool: the disk is full")
 	}
 	return nil
 }
@@ -449,8 +459,26 @@ func (g *Gateway) STOMPAddr(i int) string {
 	return g.stLns[i].Addr().String()
 }
 
+// STOMPWebSocketAddr returns the bound address of the stomp_websocket
+// listener ("" when off).
+func (g *Gateway) STOMPWebSocketAddr() string {
+	if g.stWSLn == nil {
+		return ""
+	}
+	return g.stWSLn.Addr().String()
+}
+
 // Ready reports whether the gateway is serving.
 func (g *Gateway) Ready() bool { return g.ready.Load() }
+
+// DownstreamStats returns the downstream lane's counters (zero without
+// bridge.downstream).
+func (g *Gateway) DownstreamStats() DownstreamStats {
+	if g.down == nil {
+		return DownstreamStats{}
+	}
+	return g.down.stats()
+}
 
 // Spool exposes the spool (tests, tools).
 func (g *Gateway) Spool() *spool.Spool { return g.sp }
@@ -459,7 +487,7 @@ func (g *Gateway) Spool() *spool.Spool { return g.sp }
 // without a restart: users, ACLs and routes. It logs the keys that changed
 // but need a restart.
 func (g *Gateway) Reload(path string) error {
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -474,12 +502,32 @@ func (g *Gateway) Reload(path string) error {
 		return err
 	}
 	cfg.GatewayID = newID
-	if keys := RestartRequired(g.cfg, cfg); len(keys) > 0 {
+	g.reloadLogLevel(cfg.Log)
+	if keys := config.RestartRequired(g.cfg, cfg); len(keys) > 0 {
 		g.log.Warn("configuration reloaded; these keys changed and need a restart", "keys", strings.Join(keys, ","))
 	} else {
 		g.log.Info("configuration reloaded")
 	}
 	return nil
+}
+
+// reloadLogLevel applies log.level. The line that says so is written at
+// Info while the more verbose of the two levels is in force.
+func (g *Gateway) reloadLogLevel(l config.LogConfig) {
+	want := l.SlogLevel()
+	switch {
+	case g.level == nil || want == g.level.Level():
+	case g.pinned:
+		g.log.Info("log.level not applied: the level given at start stays until a restart",
+			"log_level", g.level.Level().String(), "configured", want.String())
+	case want < g.level.Level():
+		from := g.level.Level()
+		g.level.Set(want)
+		g.log.Info("log level changed", "from", from.String(), "to", want.String())
+	default:
+		g.log.Info("log level changed", "from", g.level.Level().String(), "to", want.String())
+		g.level.Set(want)
+	}
 }
 
 // watchLink keeps linkUp current for the QoS 0 policy.
@@ -497,158 +545,28 @@ func (g *Gateway) watchLink(ctx context.Context) {
 	}
 }
 
-// sink turns accepted messages into spool entries and maps the spool's
-// errors to the ones ingress answers devices with. It is a
-// message.OrderedSink: a pipelining STOMP connection submits its SENDs in
-// frame order and the spool stores them in that order.
-func (g *Gateway) sink(proto message.Protocol) message.OrderedSink {
-	return &spoolSink{g: g, proto: proto.String()}
-}
-
-type spoolSink struct {
-	g     *Gateway
-	proto string
-}
-
-func (k *spoolSink) Accept(ctx context.Context, m *message.Message) error {
-	return k.Submit(ctx, m)()
-}
-
-func (k *spoolSink) Submit(ctx context.Context, m *message.Message) func() error {
-	wait := k.g.sp.PutAsync(ctx, spool.Entry{
-		Priority:  m.Priority,
-		ExpiresAt: m.ExpiresAt,
-		DedupeKey: m.DedupeKey,
-		Data:      message.Encode(nil, m),
-	})
-	return func() error {
-		_, err := wait()
-		switch {
-		case err == nil:
-			k.g.metrics.ObserveAccepted(k.proto, m.Priority)
-			return nil
-		case errors.Is(err, spool.ErrFull):
-			return fmt.Errorf("%w: %w", message.ErrFull, err)
-		case errors.Is(err, spool.ErrTooLarge):
-			return fmt.Errorf("%w: %w", message.ErrTooLarge, err)
-		case errors.Is(err, spool.ErrExpired):
-			return fmt.Errorf("%w: %w", message.ErrExpired, err)
-		case errors.Is(err, spool.ErrClosed):
-			return fmt.Errorf("%w: %w", message.ErrShuttingDown, err)
-		case errors.Is(err, context.DeadlineExceeded) && k.g.sp.Stats().Full:
-			// The wait for room (overflow: block) outlasted the ingress
-			// accept timeout: the device is told "full", not "timeout".
-			return fmt.Errorf("%w: no room within the accept timeout: %w", message.ErrFull, err)
-		}
-		return err
-	}
-}
-
-// downstream hands a command from the upstream to local subscribers of
-// both protocols. Local delivery has no acknowledgement (mochi's fan-out
-// does not report one), so a command is accepted once handed over.
-func (g *Gateway) downstream(_ context.Context, m *message.Message) error {
-	if g.mq != nil {
-		g.mq.PublishLocal(m)
-	}
-	if g.st != nil {
-		g.st.PublishLocal(m)
-	}
-	return nil
-}
-
-// queueWithAge is the bridge's view of the spool; it observes each
-// message's accept→upstream-ack latency on Ack.
-type queueWithAge struct{ g *Gateway }
-
-func (q queueWithAge) Lease(ctx context.Context, max int) ([]spool.Item, error) {
-	items, err := q.g.sp.Lease(ctx, max)
-	if len(items) > 0 {
-		q.g.leaseMu.Lock()
-		for _, it := range items {
-			q.g.leased[it.ID] = it.EnqueuedAt
-		}
-		q.g.leaseMu.Unlock()
-	}
-	return items, err
-}
-
-func (q queueWithAge) Ack(ctx context.Context, ids ...uint64) error {
-	now := time.Now()
-	q.g.leaseMu.Lock()
-	for _, id := range ids {
-		if t, ok := q.g.leased[id]; ok {
-			q.g.metrics.ObserveMessageAge(now.Sub(t))
-			delete(q.g.leased, id)
-		}
-	}
-	q.g.leaseMu.Unlock()
-	return q.g.sp.Ack(ctx, ids...)
-}
-
-func (q queueWithAge) Nack(ctx context.Context, ids ...uint64) error {
-	q.g.forget(ids)
-	return q.g.sp.Nack(ctx, ids...)
-}
-
-func (q queueWithAge) DeadLetter(ctx context.Context, id uint64, reason string) error {
-	q.g.forget([]uint64{id})
-	return q.g.sp.DeadLetter(ctx, id, reason)
-}
-
-func (g *Gateway) forget(ids []uint64) {
-	g.leaseMu.Lock()
-	for _, id := range ids {
-		delete(g.leased, id)
-	}
-	g.leaseMu.Unlock()
-}
-
-// linkAwareRouter applies qos0_when_offline: "drop" drops QoS 0 messages
-// only while the upstream link is not up; while it is up they are spooled
-// and forwarded like the others.
-type linkAwareRouter struct {
-	r  message.Router
-	up *atomic.Bool
-}
-
-func (l linkAwareRouter) Route(topic string) message.Route {
-	r := l.r.Route(topic)
-	if r.QoS0 == message.QoS0Drop && l.up.Load() {
-		r.QoS0 = message.QoS0Spool
-	}
-	return r
-}
-
-// relay forwards local fan-out to the other protocol, which may be absent.
-type relay struct{ to message.LocalPublisher }
-
-func (r *relay) PublishLocal(m *message.Message) {
-	if r.to != nil {
-		r.to.PublishLocal(m)
-	}
-}
-
 func (g *Gateway) ingressStats() []IngressStats {
 	var out []IngressStats
 	if g.mq != nil {
 		s := g.mq.Stats()
 		rej := map[string]uint64{}
 		for r, n := range s.Rejected {
-			rej[mqtt.Reason(r).String()] += n
+			rej[ingest.Reason(r).String()] += n
 		}
 		for r, n := range s.Refused {
-			rej[mqtt.Reason(r).String()] += n
+			rej[ingest.Reason(r).String()] += n
 		}
-		out = append(out, IngressStats{Protocol: "mqtt", Connected: int(s.ClientsConnected), Rejected: rej})
+		out = append(out, IngressStats{Protocol: "mqtt", Connected: int(s.ClientsConnected), Rejected: rej,
+			LocalDropped: s.SubscriberDrops, SlowConsumers: s.SlowConsumers, PendingClosed: s.PendingClosed})
 	}
 	if g.st != nil {
 		s := g.st.Stats()
 		rej := map[string]uint64{}
 		for r, n := range s.Errors {
-			rej[stomp.ReasonNames[r]] += n
+			rej[ingest.Reason(r).String()] += n
 		}
-		out = append(out, IngressStats{Protocol: "stomp", Connected: int(s.ConnectionsCurrent), Rejected: rej})
+		out = append(out, IngressStats{Protocol: "stomp", Connected: int(s.ConnectionsCurrent), Rejected: rej,
+			LocalDropped: s.LocalDrops, SlowConsumers: s.SlowConsumers, PendingClosed: s.PendingClosed})
 	}
 	return out
 }
@@ -670,7 +588,8 @@ func (g *Gateway) bridgeStats() BridgeStats {
 		upstream = "embedded " + g.cfg.Bridge.EmbeddedAddress
 	}
 	for _, p := range s.Partitions {
-		out.Links = append(out.Links, LinkStats{Partition: p.Partition, State: p.State.String(), Since: p.Since, InFlight: p.InFlight, Upstream: upstream})
+		out.Links = append(out.Links, LinkStats{Partition: p.Partition, State: p.State.String(), Since: p.Since, InFlight: p.InFlight, Upstream: upstream,
+			LastError: p.LastError, LastErrorAt: p.LastErrorAt})
 		if p.Failures > 0 {
 			out.Errors["connect_failed"] += p.Failures
 		}
@@ -682,52 +601,4 @@ func (g *Gateway) bridgeStats() BridgeStats {
 		out.Errors["spool_ack"] = s.SpoolAckErrors
 	}
 	return out
-}
-
-// startEmbedded runs the development upstream: a plain MQTT broker on
-// loopback that accepts anyone, so `make run` has somewhere to bridge to.
-// Config validation refuses it together with non-loopback listeners.
-func (g *Gateway) startEmbedded() error {
-	up := mochi.New(&mochi.Options{InlineClient: false, Logger: slog.New(slog.DiscardHandler)})
-	if err := up.AddHook(new(auth.AllowHook), nil); err != nil {
-		return err
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "embedded-upstream", Address: g.cfg.Bridge.EmbeddedAddress})
-	if err := up.AddListener(tcp); err != nil {
-		return fmt.Errorf("bridge.embedded_address %s: %w", g.cfg.Bridge.EmbeddedAddress, err)
-	}
-	go func() {
-		if err := up.Serve(); err != nil {
-			g.log.Error("embedded upstream stopped", "err", err)
-		}
-	}()
-	g.up = up
-	return nil
-}
-
-func (g *Gateway) printBanner() {
-	if g.banner == nil {
-		return
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "\nFerry %s is running (gateway_id %s).\n", Version, g.cfg.GatewayID)
-	if a := g.MQTTAddr("mqtt"); a != "" {
-		h, p, _ := net.SplitHostPort(a)
-		fmt.Fprintf(&b, "  publish over MQTT:   mosquitto_pub -h %s -p %s -q 1 -t sensors/room1/temp -m 21.5\n", h, p)
-	}
-	if a := g.STOMPAddr(0); a != "" {
-		fmt.Fprintf(&b, "  publish over STOMP:  SEND to /topic/sensors.room1.temp on %s\n", a)
-	}
-	if g.cfg.Bridge.IsEmbedded() {
-		h, p, _ := net.SplitHostPort(g.cfg.Bridge.EmbeddedAddress)
-		fmt.Fprintf(&b, "  watch upstream:      mosquitto_sub -h %s -p %s -t 'sites/#' -v   (embedded development broker)\n", h, p)
-	} else {
-		fmt.Fprintf(&b, "  upstream:            %s\n", strings.Join(g.cfg.Bridge.Upstream, ", "))
-	}
-	if a := g.HTTPAddr(); a != "" {
-		fmt.Fprintf(&b, "  status page:         http://%s/   metrics: http://%s/metrics\n", a, a)
-	}
-	fmt.Fprintf(&b, "  spool:               %s\n", g.cfg.Spool.Path)
-	b.WriteString("Stop with Ctrl-C (a second Ctrl-C forces exit).\n\n")
-	_, _ = io.WriteString(g.banner, b.String())
 }

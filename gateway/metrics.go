@@ -25,6 +25,14 @@ type IngressStats struct {
 	Protocol  string            // "mqtt", "stomp"
 	Connected int               // clients connected now
 	Rejected  map[string]uint64 // refused messages and connections, by reason (not_authorized, full, quota, too_large, invalid_topic, malformed, timeout, ...)
+	// LocalDropped counts messages not delivered to a local subscriber
+	// whose queue was full (QoS 0); SlowConsumers the subscribers
+	// disconnected for not keeping up.
+	LocalDropped  uint64
+	SlowConsumers uint64
+	// PendingClosed counts connections closed before their login because
+	// max_pending newer ones were waiting.
+	PendingClosed uint64
 }
 
 // Link states of an upstream connection.
@@ -47,6 +55,9 @@ type LinkStats struct {
 	Since     time.Time `json:"since"` // when State was entered
 	InFlight  int       `json:"in_flight"`
 	Upstream  string    `json:"upstream,omitempty"` // URL currently used
+	// LastError is the last connection failure or cut, at LastErrorAt.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // BridgeStats is a snapshot of the bridge, adapted by the wiring from the
@@ -71,13 +82,31 @@ type MetricsOptions struct {
 	Spool     SpoolStats
 	Ingress   func() []IngressStats
 	Bridge    func() BridgeStats
-	Now       func() time.Time // nil: time.Now
+	// Routes lists the routes, for the lanes they feed; nil: none shown.
+	Routes func() []RouteInfo
+	// SpoolMaxBytes and SpoolMaxMessages are the spool's caps
+	// (spool.max_bytes, spool.max_messages); 0: no cap.
+	SpoolMaxBytes    int64
+	SpoolMaxMessages int64
+	// MaxRate and MaxByteRate pace the drain (bridge.max_rate); 0: unpaced.
+	MaxRate     float64
+	MaxByteRate float64
+	// Salvage is what the spool salvaged when it was opened (nil: it was
+	// not damaged).
+	Salvage *spool.SalvageReport
+	// SampleEvery is the sampler's tick (Run); default DefaultSampleEvery.
+	SampleEvery time.Duration
+	Logins      func() LoginStats
+	Now         func() time.Time // nil: time.Now
 }
 
 // Metrics owns the gateway's Prometheus registry (its own, not the global
 // one) and the status snapshot the HTTP API serves. Gauges and counters are
 // read from the sources at scrape time, so nothing has to be pushed except
-// the message age histogram (ObserveMessageAge). Safe for concurrent use.
+// the message age histogram (ObserveMessageAge), accepted messages
+// (ObserveAccepted) and duplicates (ObserveDuplicate). Rates, the drain
+// ETA, the history and the outages come from the sampler (Run). Safe for
+// concurrent use.
 type Metrics struct {
 	opts     MetricsOptions
 	reg      *prometheus.Registry
@@ -85,8 +114,19 @@ type Metrics struct {
 	accepted *prometheus.CounterVec
 	started  time.Time
 
-	mu    sync.Mutex
-	rates rateMeter
+	mu   sync.Mutex
+	smp  sampler
+	dups map[dupKey]uint64
+}
+
+type dupKey struct{ route, reason string }
+
+// RouteInfo is one route as the status page shows it on its lane.
+type RouteInfo struct {
+	Name      string
+	Match     string // "" for the default route
+	Priority  uint8  // the lane
+	LocalOnly bool   // never spooled: feeds no lane
 }
 
 // MessageAgeBuckets are the buckets of ferry_message_age_seconds: from a
@@ -99,8 +139,12 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.SampleEvery <= 0 {
+		opts.SampleEvery = DefaultSampleEvery
+	}
 	m := &Metrics{
 		opts: opts,
+		dups: map[dupKey]uint64{},
 		reg:  prometheus.NewRegistry(),
 		age: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_message_age_seconds",
@@ -145,6 +189,45 @@ func (m *Metrics) ObserveAccepted(protocol string, lane uint8) {
 	m.accepted.WithLabelValues(protocol, l).Inc()
 }
 
+// ObserveDuplicate counts one message acknowledged but not stored again:
+// its route, and reason, the route's dedupe source ("retransmit",
+// "property", "json", "hash"). The wiring calls it from its message.Sink.
+func (m *Metrics) ObserveDuplicate(route, reason string) {
+	m.mu.Lock()
+	m.dups[dupKey{route, reason}]++
+	m.mu.Unlock()
+}
+
+// duplicates returns the duplicate counts sorted by route and reason.
+func (m *Metrics) duplicates() []DuplicateCount {
+	m.mu.Lock()
+	out := make([]DuplicateCount, 0, len(m.dups))
+	for k, n := range m.dups {
+		out = append(out, DuplicateCount{Route: k.route, Reason: k.reason, Count: n})
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Route != out[j].Route {
+			return out[i].Route < out[j].Route
+		}
+		return out[i].Reason < out[j].Reason
+	})
+	return out
+}
+
+// current returns the sampler's rates (rounded as shown) for now.
+func (m *Metrics) current(now time.Time) Rates {
+	m.mu.Lock()
+	r := m.smp.rates(now)
+	m.mu.Unlock()
+	r.AcceptedPerSecond = roundTo(r.AcceptedPerSecond, 1)
+	r.AckedPerSecond = roundTo(r.AckedPerSecond, 1)
+	r.DrainPerSecond = roundTo(r.DrainPerSecond, 1)
+	r.WindowSeconds = roundTo(r.WindowSeconds, 1)
+	r.AckedWindowSeconds = roundTo(r.AckedWindowSeconds, 1)
+	return r
+}
+
 func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, labels, nil)
 }
@@ -166,7 +249,10 @@ var (
 	dRetainedBytes = desc("ferry_spool_retained_bytes", "Bytes of delivered messages kept for replay.")
 	dDedupe        = desc("ferry_spool_dedupe_entries", "Dedupe keys remembered.")
 	dFull          = desc("ferry_spool_full", "1 when the last put hit a cap (max_bytes or max_messages).")
-	dFileSize      = desc("ferry_spool_file_size_bytes", "Size of the spool file on disk.")
+	dFileSize      = desc("ferry_spool_file_size_bytes", "Size of the spool file (bbolt's high-water mark), as the status page and ferry spool stats show it.")
+	dStoredBytes   = desc("ferry_spool_stored_bytes", "Bytes counted against spool.max_bytes: queue, dead letters and retained messages.")
+	dMaxBytes      = desc("ferry_spool_max_bytes", "spool.max_bytes (absent without a cap).")
+	dMaxMessages   = desc("ferry_spool_max_messages", "spool.max_messages (absent without a cap).")
 	dAccepted      = desc("ferry_spool_accepted_total", "Messages stored.")
 	dDuplicates    = desc("ferry_spool_duplicates_total", "Messages not stored because their dedupe key was seen inside the window.")
 	dAcked         = desc("ferry_spool_acked_total", "Messages removed after delivery (upstream ack).")
@@ -178,9 +264,21 @@ var (
 	dCommitOps     = desc("ferry_spool_commit_ops_total", "Operations in write transactions (ops/commits = mean batch size).")
 	dCommitSecs    = desc("ferry_spool_commit_seconds_total", "Time spent in write transactions, fsync included.")
 	dSyncs         = desc("ferry_spool_syncs_total", "fsyncs issued.")
+	dCommitDur     = desc("ferry_spool_commit_duration_seconds", "Duration of write transactions, fsync included.")
+	dDiskFull      = desc("ferry_spool_disk_full", "1 while the file system holding the spool is full: new messages are refused (block: wait) until space frees.")
+	dSpoolFailed   = desc("ferry_spool_failed", "1 when the spool stopped after a storage failure (see the log): restart the gateway.")
+	dSalvageTime   = desc("ferry_spool_salvage_timestamp_seconds", "When the salvage that made the spool file finished (unix time); 0 if it never was salvaged.")
+	dSalvageKept   = desc("ferry_spool_salvage_kept_messages", "Messages that salvage kept.")
+	dSalvageLost   = desc("ferry_spool_salvage_lost_messages", "Messages that salvage lost; the least number lost when ferry_spool_salvage_lost_unknown is 1.")
+	dSalvageUnkn   = desc("ferry_spool_salvage_lost_unknown", "1 when the salvage could not count what it lost exactly (it scanned raw pages).")
 
 	dConnected       = desc("ferry_ingress_connected_clients", "Clients connected now.", "protocol")
 	dIngressRejected = desc("ferry_ingress_rejected_total", "Messages and connections refused, by protocol and reason.", "protocol", "reason")
+	dLocalDropped    = desc("ferry_local_dropped_total", "Messages not delivered to a local subscriber whose queue was full (QoS 0).", "protocol")
+	dSlowConsumers   = desc("ferry_local_slow_consumers_total", "Local subscribers disconnected for not keeping up (socket, write buffer or queue full).", "protocol")
+	dIngressDups     = desc("ferry_ingress_duplicates_total", "Messages acknowledged but not stored again, by route and dedupe source.", "route", "reason")
+	dPendingClosed   = desc("ferry_ingress_pending_closed_total", "Connections closed before their login because max_pending newer ones were waiting.", "protocol")
+	dLoginFailures   = desc("ferry_login_failures_total", "Refused logins, both protocols, by reason (bad_credentials, throttled).", "reason")
 
 	dLinkState     = desc("ferry_bridge_link_state", "1 for the current state of an upstream connection, 0 for the others.", "partition", "state")
 	dLinkSince     = desc("ferry_bridge_link_state_since_seconds", "Seconds since the upstream connection entered its current state.", "partition")
@@ -193,13 +291,14 @@ var (
 	dBridgeDead    = desc("ferry_bridge_dead_lettered_total", "Messages the bridge moved to the DLQ (poison, refused).")
 	dDownstream    = desc("ferry_bridge_downstream_received_total", "Messages received from upstream subscriptions.")
 	dUpstreamErrs  = desc("ferry_bridge_upstream_errors_total", "Upstream errors, by reason.", "reason")
-	dDrainETA      = desc("ferry_bridge_drain_eta_seconds", "Backlog divided by the recent ack rate; 0 when empty, -1 when not draining.")
-	dAckRate       = desc("ferry_bridge_ack_rate_messages_per_second", "Upstream acks per second over the last minute (as measured at scrape time).")
-	dAcceptRate    = desc("ferry_spool_accept_rate_messages_per_second", "Messages accepted per second over the last minute (as measured at scrape time).")
+	dDrainETA      = desc("ferry_bridge_drain_eta_seconds", "Seconds until the spool is empty at the current net rate; 0 when empty, -1 when not draining (link not up, nothing acked since it came up, or arriving as fast as delivered).")
+	dAckRate       = desc("ferry_bridge_ack_rate_messages_per_second", "Messages removed after the upstream ack, per second over the last 10 s or since the link came up (sampled every second).")
+	dAcceptRate    = desc("ferry_spool_accept_rate_messages_per_second", "Messages stored per second over the last 10 s (sampled every second).")
 	allScrapeDescs = []*prometheus.Desc{dBuildInfo, dUptime, dDepthMsgs, dDepthBytes, dLaneOldest, dOldest, dLeased,
-		dDLQMsgs, dDLQBytes, dRetainedMsgs, dRetainedBytes, dDedupe, dFull, dFileSize, dAccepted, dDuplicates, dAcked,
-		dNacked, dDeadLettered, dRejected, dDropped, dCommits, dCommitOps, dCommitSecs, dSyncs, dConnected,
-		dIngressRejected, dLinkState, dLinkSince, dInFlight, dReconnects, dPublished, dBridgeAcked,
+		dDLQMsgs, dDLQBytes, dRetainedMsgs, dRetainedBytes, dDedupe, dFull, dFileSize, dStoredBytes, dMaxBytes, dMaxMessages, dAccepted, dDuplicates, dAcked,
+		dNacked, dDeadLettered, dRejected, dDropped, dCommits, dCommitOps, dCommitSecs, dSyncs, dCommitDur, dDiskFull,
+		dSpoolFailed, dSalvageTime, dSalvageKept, dSalvageLost, dSalvageUnkn, dConnected,
+		dIngressRejected, dLocalDropped, dSlowConsumers, dIngressDups, dPendingClosed, dLoginFailures, dLinkState, dLinkSince, dInFlight, dReconnects, dPublished, dBridgeAcked,
 		dResent, dStalls, dBridgeDead, dDownstream, dUpstreamErrs, dDrainETA, dAckRate, dAcceptRate}
 )
 
@@ -241,6 +340,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dDedupe, float64(s.DedupeEntries))
 		gauge(dFull, b2f(s.Full))
 		gauge(dFileSize, float64(s.FileSize))
+		gauge(dStoredBytes, float64(stored(&s)))
+		if m.opts.SpoolMaxBytes > 0 {
+			gauge(dMaxBytes, float64(m.opts.SpoolMaxBytes))
+		}
+		if m.opts.SpoolMaxMessages > 0 {
+			gauge(dMaxMessages, float64(m.opts.SpoolMaxMessages))
+		}
 		counter(dAccepted, float64(s.Accepted))
 		counter(dDuplicates, float64(s.Duplicates))
 		counter(dAcked, float64(s.Acked))
@@ -254,17 +360,51 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dCommitOps, float64(s.CommitOps))
 		counter(dCommitSecs, s.CommitTime.Seconds())
 		counter(dSyncs, float64(s.Syncs))
-		r := m.observeRates(now, &s)
+		buckets := make(map[float64]uint64, len(spool.CommitBuckets))
+		var cum uint64
+		for i, ub := range spool.CommitBuckets {
+			cum += s.CommitDurations[i]
+			buckets[ub.Seconds()] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(dCommitDur, s.Commits, s.CommitTime.Seconds(), buckets)
+		gauge(dDiskFull, b2f(s.DiskFull))
+		gauge(dSpoolFailed, b2f(s.Failure != ""))
+		var sv spool.SalvageReport
+		if s.Salvage != nil {
+			sv = *s.Salvage
+		}
+		if !sv.Completed.IsZero() {
+			gauge(dSalvageTime, float64(sv.Completed.UnixNano())/1e9)
+		} else {
+			gauge(dSalvageTime, 0)
+		}
+		gauge(dSalvageKept, float64(sv.Kept))
+		gauge(dSalvageLost, float64(sv.Lost))
+		gauge(dSalvageUnkn, b2f(sv.LostUnknown))
+		r := m.current(now)
 		gauge(dAcceptRate, r.AcceptedPerSecond)
 		gauge(dAckRate, r.AckedPerSecond)
-		gauge(dDrainETA, r.drainETA)
+		_, eta := drain(s.Messages, s.Leased, m.linkState() == LinkUp, r)
+		gauge(dDrainETA, eta)
+	}
+	for _, d := range m.duplicates() {
+		counter(dIngressDups, float64(d.Count), d.Route, d.Reason)
 	}
 	if m.opts.Ingress != nil {
 		for _, in := range m.opts.Ingress() {
 			gauge(dConnected, float64(in.Connected), in.Protocol)
+			counter(dLocalDropped, float64(in.LocalDropped), in.Protocol)
+			counter(dSlowConsumers, float64(in.SlowConsumers), in.Protocol)
+			counter(dPendingClosed, float64(in.PendingClosed), in.Protocol)
 			for _, reason := range sortedKeys(in.Rejected) {
 				counter(dIngressRejected, float64(in.Rejected[reason]), in.Protocol, reason)
 			}
+		}
+	}
+	if m.opts.Logins != nil {
+		l := m.opts.Logins()
+		for _, reason := range sortedKeys(l.Failures) {
+			counter(dLoginFailures, float64(l.Failures[reason]), reason)
 		}
 	}
 	if m.opts.Bridge != nil {
@@ -313,66 +453,5 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// Rates are recent message rates, measured from the spool's counters.
-type Rates struct {
-	AcceptedPerSecond float64 `json:"accepted_per_second"`
-	AckedPerSecond    float64 `json:"acked_per_second"`
-	drainETA          float64
-}
-
-// rateWindow is how far back rates look; rateStep is the finest sampling.
-const (
-	rateWindow = time.Minute
-	rateStep   = time.Second
-)
-
-// rateMeter turns counter samples, taken whenever metrics or status are
-// read (no goroutine of its own), into rates over the last rateWindow.
-type rateMeter struct {
-	samples []rateSample // oldest first, at least rateStep apart
-}
-
-type rateSample struct {
-	t               time.Time
-	accepted, acked uint64
-}
-
-func (m *Metrics) observeRates(now time.Time, s *spool.Stats) Rates {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.rates.observe(now, s.Accepted, s.Acked, s.Messages)
-}
-
-func (r *rateMeter) observe(now time.Time, accepted, acked uint64, backlog int64) Rates {
-	if n := len(r.samples); n > 0 {
-		last := r.samples[n-1]
-		if accepted < last.accepted || acked < last.acked || now.Before(last.t) {
-			r.samples = r.samples[:0] // counters reset (spool reopened) or clock went back
-		}
-	}
-	if n := len(r.samples); n == 0 || now.Sub(r.samples[n-1].t) >= rateStep {
-		r.samples = append(r.samples, rateSample{now, accepted, acked})
-	}
-	// Forget samples older than the window, but keep the newest of those
-	// as the base so that the rate spans the whole window.
-	drop := 0
-	for drop+1 < len(r.samples) && now.Sub(r.samples[drop+1].t) >= rateWindow {
-		drop++
-	}
-	r.samples = r.samples[drop:]
-	var out Rates
-	base := r.samples[0]
-	if dt := now.Sub(base.t).Seconds(); dt >= rateStep.Seconds() {
-		out.AcceptedPerSecond = float64(accepted-base.accepted) / dt
-		out.AckedPerSecond = float64(acked-base.acked) / dt
-	}
-	switch {
-	case backlog <= 0:
-		out.drainETA = 0
-	case out.AckedPerSecond > 0:
-		out.drainETA = float64(backlog) / out.AckedPerSecond
-	default:
-		out.drainETA = -1
-	}
-	return out
-}
+// stored is what spool.max_bytes caps.
+func stored(s *spool.Stats) int64 { return s.Bytes + s.DLQBytes + s.RetainedBytes }

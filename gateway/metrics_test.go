@@ -3,10 +3,12 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ferrymq/ferry/spool"
@@ -68,6 +71,9 @@ func testSources() (*fakeSpool, *clock, MetricsOptions) {
 		s.Accepted, s.Duplicates, s.Acked, s.Nacked, s.DeadLettered, s.Rejected = 100, 5, 90, 7, 1, 2
 		s.Dropped = [3]uint64{3, 0, 4}
 		s.Commits, s.CommitOps, s.CommitTime, s.Syncs = 20, 100, 1500*time.Millisecond, 40
+		s.CommitDurations[3], s.CommitDurations[7], s.CommitDurations[len(spool.CommitBuckets)] = 15, 4, 1
+		s.DiskFull = true
+		s.Salvage = &spool.SalvageReport{Kept: 990, Lost: 10, LostUnknown: true, Completed: t0.Add(-time.Hour), Damaged: "x.damaged", Cause: "c"}
 	})
 	ingress := func() []IngressStats {
 		return []IngressStats{
@@ -85,7 +91,15 @@ func testSources() (*fakeSpool, *clock, MetricsOptions) {
 			Errors: map[string]uint64{"timeout": 3, "connect_refused": 2},
 		}
 	}
-	return sp, clk, MetricsOptions{GatewayID: "gw1", Version: "v1.2.3", Spool: sp, Ingress: ingress, Bridge: bridge, Now: clk.Now}
+	routes := func() []RouteInfo {
+		return []RouteInfo{{Name: "alarms", Match: "alarms/#", Priority: 0}, {Name: "local", Match: "local/#", LocalOnly: true},
+			{Name: "sensors", Match: "sensors/#", Priority: 5}, {Name: "default", Priority: 5}}
+	}
+	return sp, clk, MetricsOptions{GatewayID: "gw1", Version: "v1.2.3", Spool: sp, Ingress: ingress, Bridge: bridge, Routes: routes,
+		SpoolMaxBytes: 10000, SpoolMaxMessages: 1000, MaxRate: 500, Now: clk.Now,
+		Logins: func() LoginStats {
+			return LoginStats{Failures: map[string]uint64{"bad_credentials": 27, "throttled": 3}}
+		}}
 }
 
 // gather returns every sample as "name{l1=v1,l2=v2}" → value.
@@ -140,6 +154,9 @@ func TestMetricsValues(t *testing.T) {
 		m.ObserveAccepted("stomp", 5)
 	}
 	m.ObserveAccepted("stomp", 200)
+	m.ObserveDuplicate("sensors", "json")
+	m.ObserveDuplicate("sensors", "json")
+	m.ObserveDuplicate("default", "retransmit")
 	got := gather(t, m)
 	want := map[string]float64{
 		"ferry_build_info{gateway_id=gw1,version=v1.2.3}":                   1,
@@ -160,6 +177,11 @@ func TestMetricsValues(t *testing.T) {
 		"ferry_spool_dedupe_entries":                                        12,
 		"ferry_spool_full":                                                  1,
 		"ferry_spool_file_size_bytes":                                       1 << 20,
+		"ferry_spool_stored_bytes":                                          1000 + 77 + 400,
+		"ferry_spool_max_bytes":                                             10000,
+		"ferry_spool_max_messages":                                          1000,
+		"ferry_ingress_duplicates_total{reason=json,route=sensors}":         2,
+		"ferry_ingress_duplicates_total{reason=retransmit,route=default}":   1,
 		"ferry_spool_accepted_total":                                        100,
 		"ferry_spool_duplicates_total":                                      5,
 		"ferry_spool_acked_total":                                           90,
@@ -173,6 +195,13 @@ func TestMetricsValues(t *testing.T) {
 		"ferry_spool_commit_ops_total":                                      100,
 		"ferry_spool_commit_seconds_total":                                  1.5,
 		"ferry_spool_syncs_total":                                           40,
+		"ferry_spool_commit_duration_seconds":                               20,
+		"ferry_spool_disk_full":                                             1,
+		"ferry_spool_failed":                                                0,
+		"ferry_spool_salvage_timestamp_seconds":                             float64(t0.Add(-time.Hour).Unix()),
+		"ferry_spool_salvage_kept_messages":                                 990,
+		"ferry_spool_salvage_lost_messages":                                 10,
+		"ferry_spool_salvage_lost_unknown":                                  1,
 		"ferry_ingress_connected_clients{protocol=mqtt}":                    4,
 		"ferry_ingress_connected_clients{protocol=stomp}":                   1,
 		"ferry_ingress_accepted_total{lane=5,protocol=mqtt}":                60,
@@ -225,40 +254,6 @@ func TestMetricsWithoutSources(t *testing.T) {
 	st := m.Status()
 	if st.Spool != nil || st.Link.State != "none" {
 		t.Errorf("status without sources: %+v", st)
-	}
-}
-
-func TestRatesAndDrainETA(t *testing.T) {
-	sp, clk, opts := testSources()
-	m := NewMetrics(opts)
-	if st := m.Status(); st.DrainETA != -1 || st.Rates.AckedPerSecond != 0 {
-		t.Fatalf("first sample: %+v %v", st.Rates, st.DrainETA)
-	}
-	// 10 s later: 50 more accepted, 20 more acked, backlog 100.
-	clk.Add(10 * time.Second)
-	sp.set(func(s *spool.Stats) { s.Accepted += 50; s.Acked += 20; s.Messages = 100 })
-	st := m.Status()
-	if st.Rates.AcceptedPerSecond != 5 || st.Rates.AckedPerSecond != 2 || st.DrainETA != 50 {
-		t.Fatalf("rates %+v eta %v, want 5/s, 2/s, 50s", st.Rates, st.DrainETA)
-	}
-	// Samples older than the window stop counting: 2 minutes of nothing.
-	for range 12 {
-		clk.Add(10 * time.Second)
-		_ = m.Status()
-	}
-	if st := m.Status(); st.Rates.AckedPerSecond != 0 || st.DrainETA != -1 {
-		t.Fatalf("idle: rates %+v eta %v", st.Rates, st.DrainETA)
-	}
-	// Empty backlog: ETA 0.
-	sp.set(func(s *spool.Stats) { s.Messages = 0 })
-	if st := m.Status(); st.DrainETA != 0 {
-		t.Fatalf("empty: eta %v", st.DrainETA)
-	}
-	// Counters going backwards (spool reopened) restart the measurement.
-	clk.Add(10 * time.Second)
-	sp.set(func(s *spool.Stats) { s.Accepted, s.Acked, s.Messages = 1, 1, 5 })
-	if st := m.Status(); st.Rates.AcceptedPerSecond != 0 || st.DrainETA != -1 {
-		t.Fatalf("after reset: rates %+v eta %v", st.Rates, st.DrainETA)
 	}
 }
 
@@ -340,6 +335,9 @@ func TestHTTPEndpoints(t *testing.T) {
 	if code != 200 || hdr.Get("Content-Type") != "application/json" {
 		t.Fatalf("/api/status = %d %s", code, hdr.Get("Content-Type"))
 	}
+	if _, _, compact := get(t, h, "/api/status?compact"); strings.Count(compact, "\n") != 1 || !strings.Contains(body, "\n  \"gateway_id\"") {
+		t.Errorf("/api/status?compact is not one line, or /api/status not indented: %.200s", compact)
+	}
 	st = Status{}
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		t.Fatal(err)
@@ -394,6 +392,7 @@ func TestMetricsDoc(t *testing.T) {
 	_, _, opts := testSources()
 	m := NewMetrics(opts)
 	m.ObserveAccepted("mqtt", 1)
+	m.ObserveDuplicate("default", "retransmit")
 	mfs, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -406,6 +405,18 @@ func TestMetricsDoc(t *testing.T) {
 			if !documented[n] {
 				missing = append(missing, n)
 			}
+		}
+	}
+	// The local state's collector is registered by the gateway (it needs
+	// the MQTT server): its names from its descriptions.
+	descs := make(chan *prometheus.Desc, 64)
+	stateCollector{}.Describe(descs)
+	close(descs)
+	for d := range descs {
+		n := regexp.MustCompile(`fqName: "([a-z0-9_]+)"`).FindStringSubmatch(d.String())[1]
+		exported[n] = true
+		if !documented[n] {
+			missing = append(missing, n)
 		}
 	}
 	sort.Strings(missing)
@@ -423,5 +434,82 @@ func TestNewHTTPServerTimeouts(t *testing.T) {
 	s := NewHTTPServer("127.0.0.1:0", http.NotFoundHandler(), nil)
 	if s.ReadHeaderTimeout <= 0 || s.ReadTimeout <= 0 || s.WriteTimeout <= 0 || s.IdleTimeout <= 0 || s.MaxHeaderBytes <= 0 {
 		t.Fatalf("server without limits: %+v", s)
+	}
+}
+
+// TestStatusForOperators: the parts of /api/status the page shows beyond
+// the counts: spool use against its caps, routes on their lanes,
+// duplicates by route and reason, refusals by reason, drain pacing and the
+// salvage report (whatever fields the spool's report has).
+func TestStatusForOperators(t *testing.T) {
+	_, clk, opts := testSources()
+	// A real salvage, whatever fields the spool's report has.
+	path := filepath.Join(t.TempDir(), "spool.db")
+	damagedSpool(t, path, 7)
+	damaged, err := spool.Open(path, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer damaged.Close()
+	if opts.Salvage = damaged.Salvaged(); opts.Salvage == nil {
+		t.Fatal("the damaged spool was not salvaged")
+	}
+	m := NewMetrics(opts)
+	clk.Add(time.Second)
+	m.ObserveDuplicate("sensors", "json")
+	m.ObserveDuplicate("alarms", "retransmit")
+	m.ObserveDuplicate("sensors", "json")
+	_, _, body := get(t, NewHTTPHandler(HTTPOptions{Metrics: m}), "/api/status")
+	var st Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	sp := st.Spool
+	// 1477 stored bytes of 10000 is nearer its cap than 10 of 1000 messages.
+	if sp.StoredBytes != 1477 || sp.MaxBytes != 10000 || sp.MaxMessages != 1000 || sp.UsedPercent != 14.8 || sp.FileSize != 1<<20 {
+		t.Errorf("spool use: stored %d of %d, %d max messages, %v%%, file %d", sp.StoredBytes, sp.MaxBytes, sp.MaxMessages, sp.UsedPercent, sp.FileSize)
+	}
+	if !strings.Contains(body, `"file_size_bytes": 1048576`) {
+		t.Error("the file size is not file_size_bytes")
+	}
+	if got := fmt.Sprint(sp.Lanes[0].Routes, sp.Lanes[5].Routes, sp.Lanes[1].Routes); got != "[alarms] [sensors default] []" {
+		t.Errorf("routes on lanes 0, 5, 1: %s", got)
+	}
+	if got := fmt.Sprint(st.Duplicates); got != "[{alarms retransmit 1} {sensors json 2}]" {
+		t.Errorf("duplicates %s", got)
+	}
+	if len(st.Ingress) != 2 || st.Ingress[0].Protocol != "mqtt" || st.Ingress[0].Refused["not_authorized"] != 2 || st.Ingress[0].Refused["full"] != 1 || st.Ingress[0].Connected != 4 {
+		t.Errorf("ingress %+v", st.Ingress)
+	}
+	if st.Link.MaxRate.MessagesPerSecond != 500 || st.Link.MaxRate.BytesPerSecond != 0 {
+		t.Errorf("pacing %+v", st.Link.MaxRate)
+	}
+	want := map[string]any{"damaged": opts.Salvage.Damaged, "kept": 7.0, "summary": fmt.Sprint(opts.Salvage),
+		"completed": opts.Salvage.Completed.Format(time.RFC3339Nano)}
+	for k, v := range want {
+		if st.Salvage[k] != v {
+			t.Errorf("salvage[%s] = %#v, want %#v (all: %v)", k, st.Salvage[k], v, st.Salvage)
+		}
+	}
+	if c, _ := st.Salvage["cause"].(string); !strings.Contains(c, "meta") {
+		t.Errorf("salvage cause %#v: want the text of the cause", st.Salvage["cause"])
+	}
+
+	opts.Salvage, opts.SpoolMaxBytes, opts.SpoolMaxMessages = nil, 0, 0
+	_, _, body = get(t, NewHTTPHandler(HTTPOptions{Metrics: NewMetrics(opts)}), "/api/status")
+	st = Status{}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Spool.UsedPercent != -1 || strings.Contains(body, `"salvage"`) || strings.Contains(body, `"max_rate": {}`) {
+		t.Errorf("without caps or salvage: %v%%, body %s", st.Spool.UsedPercent, body)
+	}
+}
+
+func TestSnakeCase(t *testing.T) {
+	for in, want := range map[string]string{"Kept": "kept", "RawScan": "raw_scan", "DLQKept": "dlq_kept", "MovedTo": "moved_to", "ID": "id", "LostIDs": "lost_ids"} {
+		if got := snakeCase(in); got != want {
+			t.Errorf("snakeCase(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ferrymq/ferry/gateway/config"
 )
 
 // SIGHUP after editing gateway_id: the reload says gateway_id needs a
@@ -17,7 +19,7 @@ func TestReloadKeepsRunningGatewayID(t *testing.T) {
 		return []byte("gateway_id: " + id + "\nallow_anonymous: true\nlisteners: {mqtt: {address: \"127.0.0.1:0\"}, stomp: {address: \"\"}, http: {address: \"\"}}\nspool: {path: " + filepath.Join(dir, "s.db") + "}\nbridge: {upstream: [embedded], embedded_address: \"127.0.0.1:0\"}\n")
 	}
 	os.WriteFile(path, y("old"), 0o600)
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,9 @@ package gateway
 
 import (
 	"fmt"
-	"strings"
 	"sync/atomic"
 
+	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
@@ -22,17 +22,18 @@ var _ message.Router = (*Router)(nil)
 type routeTable struct {
 	routes []compiledRoute
 	def    compiledRoute
+	info   []RouteInfo // routes then the default, for the status page
 }
 
 type compiledRoute struct {
 	filter string // MQTT filter; "" for the default route
 	route  message.Route
-	topic  template
+	topic  config.Template
 }
 
 // NewRouter builds a Router from c's routes and default route. c must be
 // valid (Validate).
-func NewRouter(c *Config) (*Router, error) {
+func NewRouter(c *config.Config) (*Router, error) {
 	r := &Router{}
 	if err := r.Reload(c); err != nil {
 		return nil, err
@@ -41,7 +42,7 @@ func NewRouter(c *Config) (*Router, error) {
 }
 
 // Reload replaces the rules with c's. On error the old rules stay.
-func (r *Router) Reload(c *Config) error {
+func (r *Router) Reload(c *config.Config) error {
 	t := &routeTable{routes: make([]compiledRoute, len(c.Routes))}
 	for i := range c.Routes {
 		name := c.Routes[i].Name
@@ -52,7 +53,7 @@ func (r *Router) Reload(c *Config) error {
 		if err != nil {
 			return fmt.Errorf("gateway: route %s: %w", name, err)
 		}
-		if cr.filter, err = routeFilter(c.Routes[i].Match); err != nil {
+		if cr.filter, err = config.RouteFilter(c.Routes[i].Match); err != nil {
 			return fmt.Errorf("gateway: route %s: match: %w", name, err)
 		}
 		t.routes[i] = cr
@@ -66,11 +67,15 @@ func (r *Router) Reload(c *Config) error {
 		return fmt.Errorf("gateway: default route: %w", err)
 	}
 	t.def = def
+	for i, cr := range t.routes {
+		t.info = append(t.info, RouteInfo{Name: cr.route.Name, Match: c.Routes[i].Match, Priority: cr.route.Priority, LocalOnly: cr.route.LocalOnly})
+	}
+	t.info = append(t.info, RouteInfo{Name: def.route.Name, Priority: def.route.Priority, LocalOnly: def.route.LocalOnly})
 	r.table.Store(t)
 	return nil
 }
 
-func compileRoute(rc *RouteConfig, name, gatewayID string) (compiledRoute, error) {
+func compileRoute(rc *config.RouteConfig, name, gatewayID string) (compiledRoute, error) {
 	d, err := message.ParseDedupe(rc.Dedupe)
 	if err != nil {
 		return compiledRoute{}, err
@@ -82,22 +87,41 @@ func compileRoute(rc *RouteConfig, name, gatewayID string) (compiledRoute, error
 		return compiledRoute{}, fmt.Errorf("upstream_qos %d out of range", rc.UpstreamQoS)
 	}
 	cr := compiledRoute{route: message.Route{
-		Name:        name,
-		Priority:    uint8(rc.Priority),
-		TTL:         rc.TTL.D(),
-		Dedupe:      d,
-		UpstreamQoS: byte(rc.UpstreamQoS),
-		LocalOnly:   rc.LocalOnly,
+		Name:           name,
+		Priority:       uint8(rc.Priority),
+		TTL:            rc.TTL.D(),
+		Dedupe:         d,
+		UpstreamQoS:    byte(rc.UpstreamQoS),
+		UpstreamRetain: rc.UpstreamRetain,
+		LocalOnly:      rc.LocalOnly,
+		QoS0:           rc.QoS0WhenOffline.Message(),
 	}}
-	if rc.QoS0WhenOffline == "drop" {
-		cr.route.QoS0 = message.QoS0Drop
-	}
 	if !rc.LocalOnly {
-		if cr.topic, err = parseTemplate(rc.UpstreamTopic, gatewayID); err != nil {
+		if cr.topic, err = config.ParseTemplate(rc.UpstreamTopic, gatewayID); err != nil {
 			return compiledRoute{}, fmt.Errorf("upstream_topic: %w", err)
 		}
 	}
 	return cr, nil
+}
+
+// Routes lists the routes in match order, the default route last.
+func (r *Router) Routes() []RouteInfo {
+	return append([]RouteInfo(nil), r.table.Load().info...)
+}
+
+// dedupeReason names a route's dedupe source for the duplicate counts.
+func dedupeReason(k message.DedupeKind) string {
+	switch k {
+	case message.DedupeRetransmit:
+		return "retransmit"
+	case message.DedupeProperty:
+		return "property"
+	case message.DedupeJSON:
+		return "json"
+	case message.DedupeHash:
+		return "hash"
+	}
+	return "none"
 }
 
 // Route returns the route of topic (an MQTT topic name) with its upstream
@@ -113,52 +137,7 @@ func (r *Router) Route(topic string) message.Route {
 	}
 	rt := cr.route
 	if !rt.LocalOnly {
-		rt.UpstreamTopic = cr.topic.render(topic)
+		rt.UpstreamTopic = cr.topic.Render(topic)
 	}
 	return rt
-}
-
-// template is an upstream topic template with {gateway_id} already
-// substituted: literal parts with {topic} between them.
-type template struct {
-	parts []string // len(parts) = number of {topic} + 1
-}
-
-// parseTemplate parses an upstream topic template. The placeholders are
-// {gateway_id} and {topic} (the message's topic); anything else in braces
-// is an error, as is a template that cannot yield a valid topic name.
-func parseTemplate(s, gatewayID string) (template, error) {
-	if s == "" {
-		return template{}, fmt.Errorf("required unless local_only: true (e.g. sites/{gateway_id}/{topic})")
-	}
-	parts := strings.Split(strings.ReplaceAll(s, "{gateway_id}", gatewayID), "{topic}")
-	for _, p := range parts {
-		if i := strings.IndexAny(p, "{}"); i >= 0 {
-			return template{}, fmt.Errorf("unknown placeholder in %q: only {gateway_id} and {topic}", s)
-		}
-	}
-	t := template{parts: parts}
-	if err := message.ValidateTopic(t.render("t")); err != nil {
-		return template{}, fmt.Errorf("%q does not yield a valid topic: %w", s, err)
-	}
-	return t, nil
-}
-
-func (t template) render(topic string) string {
-	if len(t.parts) == 1 {
-		return t.parts[0]
-	}
-	n := len(topic) * (len(t.parts) - 1)
-	for _, p := range t.parts {
-		n += len(p)
-	}
-	var b strings.Builder
-	b.Grow(n)
-	for i, p := range t.parts {
-		if i > 0 {
-			b.WriteString(topic)
-		}
-		b.WriteString(p)
-	}
-	return b.String()
 }

@@ -2,11 +2,11 @@ package gateway
 
 import (
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
@@ -89,13 +89,13 @@ func TestRouteApply(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	m := &message.Message{Topic: "sensors/r2/temp", AcceptedAt: now, Headers: []message.Header{{Key: "msg-id", Value: "abc"}}}
 	r.Route(m.Topic).Apply(m)
-	if m.Priority != 3 || !m.ExpiresAt.Equal(now.Add(90*time.Second)) || m.DedupeKey != "abc" ||
+	if m.Priority != 3 || !m.ExpiresAt.Equal(now.Add(90*time.Second)) || m.DedupeKey != message.ScopedDedupeKey(r.Route(m.Topic).Name, m.Source, "abc") ||
 		m.UpstreamTopic != "telemetry/sensors/r2/temp/v1" || m.UpstreamQoS != 0 {
 		t.Fatalf("applied: %+v", m)
 	}
 	m = &message.Message{Topic: "alarms/a", AcceptedAt: now, Payload: []byte(`{"id": 42}`)}
 	r.Route(m.Topic).Apply(m)
-	if m.Priority != 0 || !m.ExpiresAt.IsZero() || m.DedupeKey != "42" || m.UpstreamTopic != "alarm/gw1/alarms/a" {
+	if m.Priority != 0 || !m.ExpiresAt.IsZero() || m.DedupeKey != message.ScopedDedupeKey("alarms", m.Source, "42") || m.UpstreamTopic != "alarm/gw1/alarms/a" {
 		t.Fatalf("applied: %+v", m)
 	}
 }
@@ -153,7 +153,7 @@ func TestRouterReload(t *testing.T) {
 
 	// A bad table is refused and the old one stays.
 	bad := *c2
-	bad.Routes = []RouteConfig{{Match: "a/#", Priority: 12, UpstreamTopic: "x"}}
+	bad.Routes = []config.RouteConfig{{Match: "a/#", Priority: 12, UpstreamTopic: "x"}}
 	if err := r.Reload(&bad); err == nil {
 		t.Fatal("Reload accepted priority 12")
 	}
@@ -162,38 +162,8 @@ func TestRouterReload(t *testing.T) {
 	}
 }
 
-func TestTemplate(t *testing.T) {
-	tests := []struct {
-		tmpl, topic, want, err string
-	}{
-		{"sites/{gateway_id}/{topic}", "a/b", "sites/gw/a/b", ""},
-		{"{topic}", "a/b", "a/b", ""},
-		{"fixed/topic", "a/b", "fixed/topic", ""},
-		{"{topic}/{topic}", "x", "x/x", ""},
-		{"", "", "", "required unless local_only"},
-		{"{client_id}/{topic}", "", "", "unknown placeholder"},
-		{"a/#/{topic}", "", "", "wildcards are not allowed"},
-	}
-	for _, tt := range tests {
-		tp, err := parseTemplate(tt.tmpl, "gw")
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("parseTemplate(%q) error = %v, want %q", tt.tmpl, err, tt.err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("parseTemplate(%q): %v", tt.tmpl, err)
-			continue
-		}
-		if got := tp.render(tt.topic); got != tt.want {
-			t.Errorf("render(%q, %q) = %q, want %q", tt.tmpl, tt.topic, got, tt.want)
-		}
-	}
-}
-
 func BenchmarkRoute(b *testing.B) {
-	c, err := Parse("ferry.yaml", []byte(routesSrc), nil)
+	c, err := config.Parse("ferry.yaml", []byte(routesSrc), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

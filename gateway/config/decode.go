@@ -1,4 +1,4 @@
-package gateway
+package config
 
 import (
 	"fmt"
@@ -9,14 +9,14 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"go.yaml.in/yaml/v4"
 )
 
-// The config decoder walks a yaml.Node tree instead of using yaml.v3's
-// struct decoding, for three reasons: yaml.Node.Decode has no KnownFields
-// (strict) mode; the struct decoder stops at the first type error while we
-// collect every problem; and walking the tree gives each field path its
-// line and column, which Validate needs for its messages.
+// The config decoder walks a yaml.Node tree instead of using go-yaml's
+// struct decoding (strict or not), for two reasons: the struct decoder
+// stops at the first type error while we collect every problem; and walking
+// the tree gives each field path its line and column, which Validate needs
+// for its messages.
 
 // Position is a place in a config file, 1-based.
 type Position struct {
@@ -53,12 +53,12 @@ func (p Problem) String() string {
 	return b.String()
 }
 
-// ConfigError holds every problem found in a configuration, in file order.
-type ConfigError struct {
+// Error holds every problem found in a configuration, in file order.
+type Error struct {
 	Problems []Problem
 }
 
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	lines := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
 		lines[i] = p.String()
@@ -144,6 +144,14 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string, at *yaml.No
 	}
 	if isNull(n) {
 		return // null: keep the default
+	}
+	if sh, ok := v.Addr().Interface().(shorthand); ok && n.Kind == yaml.ScalarNode {
+		if s, ok := d.scalar(n, path, at); ok {
+			if err := sh.setShorthand(s); err != nil {
+				d.problem(at, path, "%v", err)
+			}
+		}
+		return
 	}
 	if sv, ok := v.Addr().Interface().(scalarValue); ok {
 		s, ok := d.scalar(n, path, at)

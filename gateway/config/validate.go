@@ -1,4 +1,4 @@
-package gateway
+package config
 
 import (
 	"crypto/tls"
@@ -12,9 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
+	"github.com/ferrymq/ferry/gateway/internal/passwordhash"
 	"github.com/ferrymq/ferry/protocols/message"
+	"github.com/ferrymq/ferry/spool"
 )
 
 type validator struct {
@@ -64,16 +64,14 @@ func (v *validator) err() error {
 		return nil
 	}
 	sortProblems(v.problems)
-	return &ConfigError{Problems: v.problems}
+	return &Error{Problems: v.problems}
 }
 
-func (v *validator) oneOf(path, got string, allowed ...string) {
-	for _, a := range allowed {
-		if got == a {
-			return
-		}
+// check records the problem of an enum value (enums.go), if any.
+func (v *validator) check(path string, e interface{ Validate() error }) {
+	if err := e.Validate(); err != nil {
+		v.addf(path, "%v", err)
 	}
-	v.addf(path, "must be %s (got %q)", strings.Join(allowed, ", "), got)
 }
 
 func (v *validator) intRange(path string, got, lo, hi int) {
@@ -94,7 +92,7 @@ func (v *validator) nonNegative(path string, d Duration) {
 	}
 }
 
-// Validate checks the configuration and returns a *ConfigError with every
+// Validate checks the configuration and returns a *Error with every
 // problem found, or nil. It does not touch the file system: CheckFiles
 // checks that the files the configuration names exist.
 func (c *Config) Validate() error {
@@ -104,18 +102,20 @@ func (c *Config) Validate() error {
 	} else if !validID(c.GatewayID) {
 		v.addf("gateway_id", "must be letters, digits, '-', '_' or '.' (got %q)", c.GatewayID)
 	}
-	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
-	v.oneOf("log.format", c.Log.Format, "text", "json")
+	v.check("log.level", c.Log.Level)
+	v.check("log.format", c.Log.Format)
 	c.validateListeners(v)
+	c.validateHTTP(v)
 	c.validateLimits(v)
 	if len(c.Users) > 0 && c.UsersFile != "" {
 		v.addf("users_file", "set users or users_file, not both")
 	}
-	v.users(c.Users)
+	v.users(c.Users, c.certLogins())
 	v.acl("anonymous", ACL(c.Anonymous))
 	c.validateSpool(v)
 	c.validateRoutes(v)
 	c.validateBridge(v)
+	c.validateState(v)
 	return v.err()
 }
 
@@ -138,22 +138,53 @@ type listenerRef struct {
 	tls     *ServerTLS
 }
 
+// listeners returns every listener; tls is set when the listener speaks
+// TLS: always for mqtt_tls and stomp_tls, for the others when their tls
+// block is configured.
 func (c *Config) listeners() []listenerRef {
 	l := &c.Listeners
-	return []listenerRef{
-		{"listeners.mqtt", l.MQTT.Address, true, nil},
-		{"listeners.mqtt_tls", l.MQTTTLS.Address, true, &l.MQTTTLS.TLS},
-		{"listeners.websocket", l.WebSocket.Address, true, nil},
-		{"listeners.stomp", l.STOMP.Address, true, nil},
-		{"listeners.stomp_tls", l.STOMPTLS.Address, true, &l.STOMPTLS.TLS},
-		{"listeners.http", l.HTTP.Address, false, nil},
+	opt := func(t *ServerTLS) *ServerTLS {
+		if t.configured() {
+			return t
+		}
+		return nil
 	}
+	return []listenerRef{
+		{"listeners.mqtt", l.MQTT.Address, true, opt(&l.MQTT.TLS)},
+		{"listeners.mqtt_tls", l.MQTTTLS.Address, true, &l.MQTTTLS.TLS},
+		{"listeners.websocket", l.WebSocket.Address, true, opt(&l.WebSocket.TLS)},
+		{"listeners.stomp", l.STOMP.Address, true, opt(&l.STOMP.TLS)},
+		{"listeners.stomp_tls", l.STOMPTLS.Address, true, &l.STOMPTLS.TLS},
+		{"listeners.stomp_websocket", l.STOMPWebSocket.Address, true, opt(&l.STOMPWebSocket.TLS)},
+		{"listeners.http", l.HTTP.Address, false, opt(&l.HTTP.TLS)},
+	}
+}
+
+// tlsOf returns the listener's tls block when it speaks TLS, else nil.
+func (c *Config) tlsOf(path string) *ServerTLS {
+	for _, l := range c.listeners() {
+		if l.path == path {
+			return l.tls
+		}
+	}
+	return nil
 }
 
 func (c *Config) validateListeners(v *validator) {
 	seen := map[string]string{}
 	ingress := 0
 	var exposed []string // non-loopback listener address paths
+	var exposedIngress []string
+	l := &c.Listeners
+	for i, t := range []*ServerTLS{&l.MQTT.TLS, &l.MQTTTLS.TLS, &l.WebSocket.TLS, &l.STOMP.TLS, &l.STOMPTLS.TLS, &l.STOMPWebSocket.TLS, &l.HTTP.TLS} {
+		v.check(c.listeners()[i].path+".tls.min_version", t.MinVersion)
+	}
+	if p := l.STOMPWebSocket.Path; !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#{} ") {
+		v.addf("listeners.stomp_websocket.path", "must be a URL path starting with / (got %q)", p)
+	}
+	if l.HTTP.TLS.UsernameFrom != "" {
+		v.addf("listeners.http.tls.username_from", "not for the HTTP listener, which logs in with listeners.http.auth")
+	}
 	for _, l := range c.listeners() {
 		if l.address == "" {
 			continue
@@ -173,6 +204,9 @@ func (c *Config) validateListeners(v *validator) {
 		seen[l.address] = l.path
 		if !IsLoopback(l.address) {
 			exposed = append(exposed, ap)
+			if l.ingress {
+				exposedIngress = append(exposedIngress, ap)
+			}
 		}
 		if l.tls != nil {
 			tp := l.path + ".tls"
@@ -185,13 +219,21 @@ func (c *Config) validateListeners(v *validator) {
 			if l.tls.RequireClientCert && l.tls.ClientCAFile == "" {
 				v.addf(tp+".client_ca_file", "required with require_client_cert: true")
 			}
+			if l.tls.UsernameFrom != "" {
+				v.check(tp+".username_from", l.tls.UsernameFrom)
+				if l.tls.ClientCAFile == "" && !v.has(tp+".client_ca_file") {
+					v.addf(tp+".client_ca_file", "required with username_from: only verified certificates name users")
+				}
+			}
 		}
 	}
 	if ingress == 0 {
 		v.addf("listeners", "no MQTT or STOMP listener has an address: the gateway would accept nothing")
 	}
-	if len(exposed) > 0 && len(c.Users) == 0 && c.UsersFile == "" && !c.AllowAnonymous {
-		for _, ap := range exposed {
+	// Users log in to MQTT and STOMP; the HTTP listener has its own
+	// listeners.http.auth (validateHTTP).
+	if len(exposedIngress) > 0 && len(c.Users) == 0 && c.UsersFile == "" && !c.AllowAnonymous {
+		for _, ap := range exposedIngress {
 			v.addf(ap, "listens beyond loopback but no users are configured: add users (or users_file), or set allow_anonymous: true explicitly")
 		}
 	}
@@ -222,6 +264,19 @@ func (c *Config) validateLimits(v *validator) {
 	v.intRange(p+".max_topic_levels", m.MaxTopicLevels, 1, 1024)
 	v.positive(p+".accept_timeout", m.AcceptTimeout)
 	v.positive(p+".connect_timeout", m.ConnectTimeout)
+	v.positive(p+".read_timeout", m.ReadTimeout)
+	v.intRange(p+".max_pending", m.MaxPending, 1, 1<<20)
+	if m.MaxConnectSize < 64 || m.MaxConnectSize > m.MaxPacketSize {
+		v.addf(p+".max_connect_size", "must be 64B..max_packet_size (%s) (got %s)", m.MaxPacketSize, m.MaxConnectSize)
+	}
+	v.intRange(p+".max_inflight", m.MaxInflight, 1, 65535)
+	v.positive(p+".write_timeout", m.WriteTimeout)
+	if ka := m.MaxKeepalive.D(); ka < 0 || ka > 65535*time.Second || ka%time.Second != 0 {
+		v.addf(p+".max_keepalive", "must be whole seconds, 0 (no cap) or 1s..65535s (got %s)", ka)
+	}
+	if m.WriteBuffer < 0 || (m.WriteBuffer > 0 && m.WriteBuffer < m.MaxPacketSize) {
+		v.addf(p+".write_buffer", "must be at least max_packet_size (%s), or 0 for the default (got %s)", m.MaxPacketSize, m.WriteBuffer)
+	}
 
 	st, p := &c.Limits.STOMP, "limits.stomp"
 	if st.MaxConnections < 0 {
@@ -239,6 +294,53 @@ func (c *Config) validateLimits(v *validator) {
 	v.nonNegative(p+".heartbeat", st.Heartbeat)
 	v.positive(p+".accept_timeout", st.AcceptTimeout)
 	v.positive(p+".read_timeout", st.ReadTimeout)
+	v.positive(p+".connect_timeout", st.ConnectTimeout)
+	v.intRange(p+".max_pending", st.MaxPending, 1, 1<<20)
+	if st.MaxConnectSize < 64 || st.MaxConnectSize > 1<<20 {
+		v.addf(p+".max_connect_size", "must be 64B..1MiB (got %s)", st.MaxConnectSize)
+	}
+	if st.PublishRate < 0 {
+		v.addf(p+".publish_rate", "must not be negative (got %g)", st.PublishRate)
+	}
+	if st.PublishBurst < 0 {
+		v.addf(p+".publish_burst", "must not be negative (got %d)", st.PublishBurst)
+	}
+	v.intRange(p+".max_transactions", st.MaxTransactions, 1, 1024)
+	v.intRange(p+".max_transaction_messages", st.MaxTransactionMessages, 1, spool.MaxBatchEntries)
+	if st.MaxTransactionBytes < 1 || st.MaxTransactionBytes > 1<<30 {
+		v.addf(p+".max_transaction_bytes", "must be 1B..1GiB (got %s)", st.MaxTransactionBytes)
+	}
+	if st.MaxConnectionTransactionMessages < st.MaxTransactionMessages {
+		v.addf(p+".max_connection_transaction_messages", "must be at least max_transaction_messages (%d) (got %d)", st.MaxTransactionMessages, st.MaxConnectionTransactionMessages)
+	}
+	if st.SubscriptionQueueBytes < 1<<10 || st.SubscriptionQueueBytes > 1<<30 {
+		v.addf(p+".subscription_queue_bytes", "must be 1KiB..1GiB (got %s)", st.SubscriptionQueueBytes)
+	}
+	if st.MaxConnectionTransactionBytes < st.MaxTransactionBytes || st.MaxConnectionTransactionBytes > 1<<30 {
+		v.addf(p+".max_connection_transaction_bytes", "must be max_transaction_bytes (%s)..1GiB (got %s)", st.MaxTransactionBytes, st.MaxConnectionTransactionBytes)
+	}
+
+	lg, p := &c.Limits.Login, "limits.login"
+	if lg.MaxConcurrent < 0 {
+		v.addf(p+".max_concurrent", "must not be negative (got %d)", lg.MaxConcurrent)
+	}
+	if lg.MaxFailures < 0 {
+		v.addf(p+".max_failures", "must not be negative (got %d)", lg.MaxFailures)
+	}
+	if lg.MaxFailures > 0 {
+		v.positive(p+".failure_interval", lg.FailureInterval)
+	}
+}
+
+// certLogins reports whether some TLS listener takes usernames from client
+// certificates.
+func (c *Config) certLogins() bool {
+	for _, l := range c.listeners() {
+		if l.tls != nil && l.address != "" && l.tls.UsernameFrom != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func addrAt(c *Config, ap string) string {
@@ -277,7 +379,9 @@ func IsLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func (v *validator) users(users []User) {
+// users checks a users list. A user without a password_hash can log in
+// only with a client certificate, so it is refused unless certLogins.
+func (v *validator) users(users []User, certLogins bool) {
 	names := map[string]int{}
 	for i, u := range users {
 		p := fmt.Sprintf("users[%d]", i)
@@ -293,9 +397,11 @@ func (v *validator) users(users []User) {
 			names[u.Name] = i
 		}
 		if u.PasswordHash == "" {
-			v.addf(p+".password_hash", "required: a bcrypt hash (ferry passwd prints one)")
-		} else if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
-			v.addf(p+".password_hash", "not a bcrypt hash (ferry passwd prints one)")
+			if !certLogins {
+				v.addf(p+".password_hash", "required: a bcrypt hash (ferry passwd prints one), unless a TLS listener sets username_from")
+			}
+		} else if _, err := passwordhash.Check(u.PasswordHash); err != nil {
+			v.addf(p+".password_hash", "%v", err)
 		}
 		v.acl(p, ACL{Publish: u.Publish, Subscribe: u.Subscribe})
 	}
@@ -321,20 +427,23 @@ func (c *Config) validateSpool(v *validator) {
 	if s.Path == "" {
 		v.addf("spool.path", "required")
 	}
-	v.oneOf("spool.durability", s.Durability, "sync", "interval")
-	if s.Durability == "interval" {
+	v.check("spool.durability", s.Durability)
+	if s.Durability == DurabilityInterval {
 		v.positive("spool.fsync_interval", s.FsyncInterval)
 	}
 	if s.MaxMessages < 0 {
 		v.addf("spool.max_messages", "must not be negative (got %d)", s.MaxMessages)
+	}
+	if strconv.IntSize == 32 && (s.MaxBytes <= 0 || s.MaxBytes > spool.Max32BitBytes) {
+		v.addf("spool.max_bytes", "must be 1B..1GiB on this 32-bit system, whose address space cannot map a bigger spool (got %s; 0 means no cap)", s.MaxBytes)
 	}
 	if s.MaxMessageBytes < 1 || s.MaxMessageBytes > message.MaxPayloadSize {
 		v.addf("spool.max_message_bytes", "must be 1B..256MiB (got %s)", s.MaxMessageBytes)
 	} else if s.MaxBytes > 0 && s.MaxMessageBytes > s.MaxBytes {
 		v.addf("spool.max_message_bytes", "must not exceed spool.max_bytes (%s > %s)", s.MaxMessageBytes, s.MaxBytes)
 	}
-	v.oneOf("spool.overflow", s.Overflow, "block", "reject", "drop_oldest", "drop_lowest_priority")
-	if s.Overflow == "block" {
+	v.check("spool.overflow", s.Overflow)
+	if s.Overflow == OverflowBlock {
 		v.positive("spool.block_timeout", s.BlockTimeout)
 	}
 	v.nonNegative("spool.dedupe_window", s.DedupeWindow)
@@ -345,10 +454,10 @@ func (c *Config) validateSpool(v *validator) {
 	if s.LowerLaneShare < 0 || s.LowerLaneShare > 1 {
 		v.addf("spool.lower_lane_share", "must be 0..1 (got %g)", s.LowerLaneShare)
 	}
-	v.oneOf("spool.expired", s.Expired, "drop", "dead_letter")
+	v.check("spool.expired", s.Expired)
 	v.nonNegative("spool.retain_delivered", s.RetainDelivered)
 	v.positive("spool.lock_timeout", s.LockTimeout)
-	v.oneOf("spool.verify", s.Verify, "auto", "always", "never")
+	v.check("spool.verify", s.Verify)
 }
 
 func (c *Config) validateRoutes(v *validator) {
@@ -358,7 +467,7 @@ func (c *Config) validateRoutes(v *validator) {
 		r := &c.Routes[i]
 		if r.Match == "" {
 			v.addf(p+".match", "required: an MQTT topic filter or a STOMP destination")
-		} else if f, err := routeFilter(r.Match); err != nil {
+		} else if f, err := RouteFilter(r.Match); err != nil {
 			v.addf(p+".match", "%v", err)
 		} else {
 			if j, dup := matches[f]; dup {
@@ -381,37 +490,21 @@ func (c *Config) validateRoute(v *validator, p string, r *RouteConfig) {
 		v.addf(p+".dedupe", "%v", err)
 	}
 	v.intRange(p+".upstream_qos", r.UpstreamQoS, 0, 1)
-	v.oneOf(p+".qos0_when_offline", r.QoS0WhenOffline, "spool", "drop")
+	v.check(p+".qos0_when_offline", r.QoS0WhenOffline)
 	if r.LocalOnly {
-		for _, k := range []string{"upstream_topic", "upstream_qos", "ttl", "dedupe", "qos0_when_offline"} {
+		for _, k := range []string{"upstream_topic", "upstream_qos", "upstream_retain", "ttl", "dedupe", "qos0_when_offline"} {
 			if v.set(p + "." + k) {
 				v.addf(p+"."+k, "has no effect with local_only: true (local-only messages are never spooled)")
 			}
 		}
 		return
 	}
-	if _, err := parseTemplate(r.UpstreamTopic, c.GatewayID); err != nil {
+	if _, err := ParseTemplate(r.UpstreamTopic, c.GatewayID); err != nil {
 		v.addf(p+".upstream_topic", "%v", err)
 	}
 }
 
-// routeFilter returns the MQTT filter of a route's match: a STOMP
-// destination is mapped with message.FromSTOMP.
-func routeFilter(match string) (string, error) {
-	f := match
-	if strings.HasPrefix(match, message.TopicPrefix) || strings.HasPrefix(match, message.QueuePrefix) {
-		var err error
-		if f, _, err = message.FilterFromSTOMP(match); err != nil {
-			return "", err
-		}
-	}
-	if err := message.ValidateFilter(f); err != nil {
-		return "", err
-	}
-	return f, nil
-}
-
-var upstreamSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}
+var upstreamSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true, "nats": true}
 
 func (c *Config) validateBridge(v *validator) {
 	b := &c.Bridge
@@ -438,6 +531,28 @@ func (c *Config) validateBridge(v *validator) {
 				v.addf(p, "%v", err)
 			}
 		}
+	}
+	if nats := strings.HasPrefix(firstOr(b.Upstream), "nats://"); nats || b.JetStream.Stream != "" || b.JetStream.SubjectPrefix != "" {
+		for i, u := range b.Upstream {
+			if strings.HasPrefix(u, "nats://") != nats {
+				v.addf(fmt.Sprintf("bridge.upstream[%d]", i), "NATS (nats://) and MQTT upstreams cannot be mixed (got %q)", u)
+			}
+		}
+		if !nats {
+			v.addf("bridge.jetstream", "only for a nats:// upstream")
+		}
+		if nats && len(b.Downstream) > 0 {
+			v.addf("bridge.downstream", "not supported on a JetStream (nats://) upstream")
+		}
+		if p := b.JetStream.SubjectPrefix; p != "" && (strings.ContainsAny(p, " \t*>") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..")) {
+			v.addf("bridge.jetstream.subject_prefix", "must be NATS subject tokens without wildcards or spaces, such as ferry.site1 (got %q)", p)
+		}
+	}
+	if b.FailbackAfter < 0 {
+		v.addf("bridge.failback_after", "must not be negative (got %s)", b.FailbackAfter)
+	}
+	if b.Protocol != 4 && b.Protocol != 5 {
+		v.addf("bridge.protocol", "must be 4 (MQTT 3.1.1) or 5 (MQTT 5) (got %d)", b.Protocol)
 	}
 	if (b.TLS.CertFile == "") != (b.TLS.KeyFile == "") {
 		v.addf("bridge.tls", "cert_file and key_file go together (got only one)")
@@ -468,15 +583,15 @@ func (c *Config) validateBridge(v *validator) {
 	if b.MaxRate.Messages < 0 {
 		v.addf("bridge.max_rate.messages", "must not be negative (got %g)", b.MaxRate.Messages)
 	}
-	v.oneOf("bridge.format", b.Format, "raw", "envelope")
-	for i, f := range c.DownstreamFilters() {
-		p := fmt.Sprintf("bridge.downstream[%d]", i)
-		if strings.ContainsAny(strings.ReplaceAll(b.Downstream[i], "{gateway_id}", ""), "{}") {
-			v.addf(p, "unknown placeholder: only {gateway_id} (got %q)", b.Downstream[i])
-		} else if err := message.ValidateFilter(f); err != nil {
-			v.addf(p, "%v", err)
-		}
+	v.check("bridge.format", b.Format)
+	v.downstream(c)
+}
+
+func firstOr(s []string) string {
+	if len(s) == 0 {
+		return ""
 	}
+	return s[0]
 }
 
 func checkUpstreamURL(s string) error {
@@ -551,4 +666,35 @@ func (c *Config) CheckFiles() error {
 		pool("bridge.tls.ca_file", c.Bridge.TLS.CAFile)
 	}
 	return v.err()
+}
+
+// Warnings returns what is allowed but probably wrong, as "path: text"
+// lines, with the positions of Problems: private key files that every user
+// of the machine can read (anyone who can read the key can impersonate the
+// gateway). gateway.New logs them; ferry check prints them.
+func (c *Config) Warnings() []string {
+	var out []string
+	key := func(path, name string) {
+		if name == "" {
+			return
+		}
+		fi, err := os.Stat(name)
+		if err != nil || fi.Mode().Perm()&0o004 == 0 {
+			return
+		}
+		p := Problem{File: c.file, Path: path, Reason: fmt.Sprintf("%s is readable by every user (mode %#o): chmod o-r it (0600 or 0640)", name, fi.Mode().Perm())}
+		if at, ok := c.pos[path]; ok {
+			p.Line, p.Column = at.Line, at.Column
+		}
+		out = append(out, p.String())
+	}
+	for _, l := range c.listeners() {
+		if l.tls != nil && l.address != "" {
+			key(l.path+".tls.key_file", l.tls.KeyFile)
+		}
+	}
+	if !c.Bridge.IsEmbedded() {
+		key("bridge.tls.key_file", c.Bridge.TLS.KeyFile)
+	}
+	return out
 }

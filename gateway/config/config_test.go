@@ -1,4 +1,4 @@
-package gateway
+package config
 
 import (
 	"errors"
@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"go.yaml.in/yaml/v4"
 
-	"github.com/ferrymq/ferry/bridge/bridgetest"
+	"github.com/ferrymq/ferry/internal/testkit"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -65,7 +65,7 @@ func TestBadConfigs(t *testing.T) {
 			"ferry.yaml:4:1: gateway_id: duplicate key",
 		}},
 		{"syntax error", "gateway_id: [\n", []string{
-			"ferry.yaml:1:1: did not find expected node content",
+			"ferry.yaml:2:1: did not find expected node content",
 		}},
 		{"two documents", minimal + "---\ngateway_id: x\n", []string{
 			"ferry.yaml:4:1: only one YAML document is allowed",
@@ -96,6 +96,14 @@ func TestBadConfigs(t *testing.T) {
 			"ferry.yaml:9:3: bridge.format: must be raw, envelope (got \"json\")",
 			"ferry.yaml:10:3: bridge.max_attempts: must be at least 4 (got -1)",
 		}},
+		{"jetstream keys", "gateway_id: gw1\nbridge:\n  upstream: ['nats://a:4222', 'tcp://b:1883']\n  downstream: ['cmd/#']\n  jetstream: {subject_prefix: 'a.*'}\n", []string{
+			"ferry.yaml:3:31: bridge.upstream[1]: NATS (nats://) and MQTT upstreams cannot be mixed (got \"tcp://b:1883\")",
+			"ferry.yaml:4:3: bridge.downstream: not supported on a JetStream (nats://) upstream",
+			"ferry.yaml:5:15: bridge.jetstream.subject_prefix: must be NATS subject tokens without wildcards or spaces, such as ferry.site1 (got \"a.*\")",
+		}},
+		{"bridge protocol", minimal + "  protocol: 3\n", []string{
+			"ferry.yaml:4:3: bridge.protocol: must be 4 (MQTT 3.1.1) or 5 (MQTT 5) (got 3)",
+		}},
 		{"upstream URLs", "gateway_id: gw1\nbridge:\n  upstream: [embedded, 'http://x', 'tcp://h:99999', broker:1883]\n  client_id: '{host}'\n  tls: {cert_file: c.pem}\n", []string{
 			"ferry.yaml:3:14: bridge.upstream[0]: embedded cannot be combined with other upstreams",
 			"ferry.yaml:3:24: bridge.upstream[1]: want a URL such as tcp://host:1883, tls://host:8883 or wss://host/mqtt, or embedded (got \"http://x\")",
@@ -109,7 +117,7 @@ func TestBadConfigs(t *testing.T) {
 		}},
 		{"public listener without users", "gateway_id: gw1\nlisteners:\n  stomp: {address: ':61613'}\n  http: {address: '192.168.1.5:8080'}\nbridge: {upstream: 'tls://b:8883'}\n", []string{
 			"ferry.yaml:3:11: listeners.stomp.address: listens beyond loopback but no users are configured: add users (or users_file), or set allow_anonymous: true explicitly",
-			"ferry.yaml:4:10: listeners.http.address: listens beyond loopback but no users are configured: add users (or users_file), or set allow_anonymous: true explicitly",
+			"ferry.yaml:4:10: listeners.http.address: listens beyond loopback, where anyone on the network could read dead-lettered payloads: set listeners.http.auth (username and password_hash, or token_hash), or listen on 127.0.0.1",
 		}},
 		{"listeners", minimal + "listeners:\n  mqtt: {address: 'localhost'}\n  stomp: {address: '127.0.0.1:1883'}\n  websocket: {address: '127.0.0.1:1883'}\n  mqtt_tls:\n    address: 127.0.0.1:8883\n    tls: {require_client_cert: true}\n    limits: {}\n", []string{
 			"ferry.yaml:5:10: listeners.mqtt.address: want host:port (got \"localhost\")",
@@ -129,7 +137,7 @@ func TestBadConfigs(t *testing.T) {
 			"ferry.yaml:13:5: limits.stomp.max_headers: must be 1..1024 (got 2000)",
 			"ferry.yaml:14:5: limits.stomp.max_header_line: must be 64B..1MiB (got 8)",
 			"ferry.yaml:15:5: limits.stomp.heartbeat: must not be negative (got -1s)",
-			"ferry.yaml:16:5: limits.stomp.max_packet_size: unknown key (known: accept_timeout, heartbeat, max_connections, max_frame_size, max_header_line, max_headers, read_timeout)",
+			"ferry.yaml:16:5: limits.stomp.max_packet_size: unknown key (known: accept_timeout, connect_timeout, heartbeat, max_connect_size, max_connection_transaction_bytes, max_connection_transaction_messages, max_connections, max_frame_size, max_header_line, max_headers, max_pending, max_transaction_bytes, max_transaction_messages, max_transactions, publish_burst, publish_rate, read_timeout, subscription_queue_bytes)",
 		}},
 		{"stall timeout and lease", minimal + "  stall_timeout: 1m\n", []string{
 			"ferry.yaml:4:3: bridge.stall_timeout: must be less than spool.lease_timeout (1m0s >= 30s): leases would expire before a stall is detected",
@@ -142,7 +150,7 @@ func TestBadConfigs(t *testing.T) {
 			"ferry.yaml:6:5: users[0].password_hash: not a bcrypt hash (ferry passwd prints one)",
 			"ferry.yaml:7:15: users[0].publish[0]: invalid topic: '#' must be the whole last level (\"x/#/y\")",
 			"ferry.yaml:8:5: users[1].name: required",
-			"ferry.yaml:8:5: users[1].password_hash: required: a bcrypt hash (ferry passwd prints one)",
+			"ferry.yaml:8:5: users[1].password_hash: required: a bcrypt hash (ferry passwd prints one), unless a TLS listener sets username_from",
 			"ferry.yaml:10:6: users[3].name: \"c\" is already users[2]",
 			"ferry.yaml:10:106: users[3].subscribe[0]: invalid topic: '+' must fill a whole level (\"u/+x\")",
 			"ferry.yaml:11:1: users_file: set users or users_file, not both",
@@ -194,13 +202,28 @@ default_route:
 			"ferry.yaml:21:3: default_route.match: the default route takes every topic no route matches: remove match",
 			"ferry.yaml:22:3: default_route.upstream_topic: required unless local_only: true (e.g. sites/{gateway_id}/{topic})",
 		}},
+		{"downstream routes", "gateway_id: gw1\nbridge:\n  upstream: embedded\n  downstream:\n    - cmd/{gateway_id}/#\n    - remote: c/{gateway_id}/+/#\n      local: dev/#\n    - {remote: x/#, ttl: -1s}\n    - {local: y/#}\n    - {remote: z/#, locl: z}\n", []string{
+			"ferry.yaml:7:7: bridge.downstream[1].local: must have the wildcards of remote \"c/gw1/+/#\" in the same order (\"dev/#\" has \"#\", remote \"+#\")",
+			"ferry.yaml:8:21: bridge.downstream[2].ttl: must not be negative (got -1s)",
+			"ferry.yaml:9:7: bridge.downstream[3].remote: required",
+			"ferry.yaml:10:21: bridge.downstream[4].locl: unknown key (did you mean \"local\"?)",
+		}},
 		{"gateway id and log", "gateway_id: 'gw/1'\nlog: {level: loud, format: xml}\nbridge: {upstream: embedded, embedded_address: '0.0.0.0:1884', downstream: ['cmd/{id}/#', 'cmd/#/x']}\n", []string{
 			"ferry.yaml:1:1: gateway_id: must be letters, digits, '-', '_' or '.' (got \"gw/1\")",
 			"ferry.yaml:2:7: log.level: must be debug, info, warn, error (got \"loud\")",
 			"ferry.yaml:2:20: log.format: must be text, json (got \"xml\")",
 			"ferry.yaml:3:30: bridge.embedded_address: must be a loopback address (got \"0.0.0.0:1884\")",
-			"ferry.yaml:3:77: bridge.downstream[0]: unknown placeholder: only {gateway_id} (got \"cmd/{id}/#\")",
-			"ferry.yaml:3:91: bridge.downstream[1]: invalid topic: '#' must be the whole last level (\"cmd/#/x\")",
+			"ferry.yaml:3:77: bridge.downstream[0].remote: unknown placeholder: only {gateway_id} (got \"cmd/{id}/#\")",
+			"ferry.yaml:3:91: bridge.downstream[1].remote: invalid topic: '#' must be the whole last level (\"cmd/#/x\")",
+		}},
+		{"mqtt max_keepalive", "gateway_id: gw\nbridge: {upstream: embedded}\nlimits:\n  mqtt:\n    max_keepalive: 1500ms\n", []string{
+			"ferry.yaml:5:5: limits.mqtt.max_keepalive: must be whole seconds, 0 (no cap) or 1s..65535s (got 1.5s)",
+		}},
+		{"stomp transactions", "gateway_id: gw\nbridge: {upstream: embedded}\nlimits:\n  stomp:\n    max_transactions: 0\n    max_transaction_messages: 5000\n    max_transaction_bytes: 1MiB\n    max_connection_transaction_messages: 10\n    max_connection_transaction_bytes: 512KiB\n", []string{
+			"ferry.yaml:5:5: limits.stomp.max_transactions: must be 1..1024 (got 0)",
+			"ferry.yaml:6:5: limits.stomp.max_transaction_messages: must be 1..4096 (got 5000)",
+			"ferry.yaml:8:5: limits.stomp.max_connection_transaction_messages: must be at least max_transaction_messages (5000) (got 10)",
+			"ferry.yaml:9:5: limits.stomp.max_connection_transaction_bytes: must be max_transaction_bytes (1MiB)..1GiB (got 512KiB)",
 		}},
 		{"env not set", "gateway_id: ${FERRY_TEST_UNSET_ID}\nbridge: {upstream: '${X'}\n", []string{
 			"ferry.yaml:1:1: gateway_id: environment variable FERRY_TEST_UNSET_ID is not set (write ${FERRY_TEST_UNSET_ID:-default} for a default)",
@@ -210,9 +233,9 @@ default_route:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Parse("ferry.yaml", []byte(tt.src), nil)
-			var ce *ConfigError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Fatalf("Parse error = %v, want a *ConfigError", err)
+				t.Fatalf("Parse error = %v, want a *Error", err)
 			}
 			got := strings.Split(err.Error(), "\n")
 			if !reflect.DeepEqual(got, tt.want) {
@@ -377,7 +400,7 @@ func TestLoadUsersFileAndCheckFiles(t *testing.T) {
 	if _, err := Load(cfg); err == nil || !strings.Contains(err.Error(), "listeners.mqtt_tls.tls.cert_file: ") || !strings.Contains(err.Error(), "do not load as a certificate and key") {
 		t.Fatalf("Load with a non-PEM certificate: %v", err)
 	}
-	certs := bridgetest.NewCerts(t, t.TempDir())
+	certs := testkit.NewCerts(t, t.TempDir())
 	for from, to := range map[string]string{certs.ServerCert: cert, certs.ServerKey: filepath.Join(dir, "missing.key")} {
 		b, err := os.ReadFile(from)
 		if err != nil {
@@ -400,7 +423,7 @@ func TestLoadUsersFileAndCheckFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Load(cfg)
-	want = users + ":2:5: users[0].password_hash: required: a bcrypt hash (ferry passwd prints one)\n" +
+	want = users + ":2:5: users[0].password_hash: required: a bcrypt hash (ferry passwd prints one), unless a TLS listener sets username_from\n" +
 		users + ":3:5: users[0].pasword_hash: unknown key (did you mean \"password_hash\"?)"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Load error =\n%v\nwant\n%s", err, want)
@@ -410,56 +433,32 @@ func TestLoadUsersFileAndCheckFiles(t *testing.T) {
 	}
 }
 
-// TestConfigsDir loads every configuration in configs/. File existence is
-// not checked (pi.yaml names certificates of the target machine), and
-// ${ENV} references resolve to their defaults.
-func TestConfigsDir(t *testing.T) {
-	files, err := filepath.Glob("../configs/*.yaml")
-	if err != nil || len(files) < 3 {
-		t.Fatalf("configs: %v %v", files, err)
+// TestDevYAML checks that configs/dev.yaml is the loopback trial. Every
+// file in configs/ is loaded by the gateway's TestConfigsDir, which also
+// builds a router and an authorizer from each.
+func TestDevYAML(t *testing.T) {
+	data, _ := os.ReadFile("../../configs/dev.yaml")
+	c, err := Parse("dev.yaml", data, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := Parse(f, data, func(string) (string, bool) { return "", false })
-			if err != nil {
-				t.Fatalf("\n%v", err)
-			}
-			if _, err := NewRouter(c); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := NewAuth(c); err != nil {
-				t.Fatal(err)
-			}
-		})
+	if !c.Bridge.IsEmbedded() || !c.AllowAnonymous || c.Listeners.MQTT.Address != "127.0.0.1:1883" ||
+		c.Listeners.STOMP.Address != "127.0.0.1:61613" || c.Listeners.HTTP.Address != "127.0.0.1:8080" ||
+		c.Spool.Path != "./data/spool.db" {
+		t.Fatalf("dev.yaml = %+v", c)
 	}
-	t.Run("dev.yaml is the loopback trial", func(t *testing.T) {
-		data, _ := os.ReadFile("../configs/dev.yaml")
-		c, err := Parse("dev.yaml", data, nil)
-		if err != nil {
-			t.Fatal(err)
+	for _, l := range c.listeners() {
+		if l.address != "" && !IsLoopback(l.address) {
+			t.Errorf("%s = %s is not loopback", l.path, l.address)
 		}
-		if !c.Bridge.IsEmbedded() || !c.AllowAnonymous || c.Listeners.MQTT.Address != "127.0.0.1:1883" ||
-			c.Listeners.STOMP.Address != "127.0.0.1:61613" || c.Listeners.HTTP.Address != "127.0.0.1:8080" ||
-			c.Spool.Path != "./data/spool.db" {
-			t.Fatalf("dev.yaml = %+v", c)
-		}
-		for _, l := range c.listeners() {
-			if l.address != "" && !IsLoopback(l.address) {
-				t.Errorf("%s = %s is not loopback", l.path, l.address)
-			}
-		}
-	})
+	}
 }
 
 // TestExampleIsTheDefaults checks that ferry.example.yaml shows every key
 // with its default: parsed, it equals Default(), and every leaf key of the
 // schema is written in it.
 func TestExampleIsTheDefaults(t *testing.T) {
-	data, err := os.ReadFile("../configs/ferry.example.yaml")
+	data, err := os.ReadFile("../../configs/ferry.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +487,7 @@ func TestExampleIsTheDefaults(t *testing.T) {
 
 // TestConfigurationDoc checks that docs/configuration.md names every key.
 func TestConfigurationDoc(t *testing.T) {
-	data, err := os.ReadFile("../docs/configuration.md")
+	data, err := os.ReadFile("../../docs/configuration.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -532,57 +531,22 @@ func TestAliasBomb(t *testing.T) {
 	}
 }
 
-// FuzzLoadConfig feeds arbitrary documents to the loader: it must never
-// panic, and a configuration it accepts must build a router and an
-// authorizer and validate again unchanged.
-func FuzzLoadConfig(f *testing.F) {
-	files, _ := filepath.Glob("../configs/*.yaml")
-	for _, file := range files {
-		if data, err := os.ReadFile(file); err == nil {
-			f.Add(data)
-		}
-	}
-	f.Add([]byte(minimal))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse("fuzz.yaml", data, func(k string) (string, bool) { return "v", k == "SET" })
-		if err != nil {
-			var ce *ConfigError
-			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
-				t.Fatalf("error is not a *ConfigError with problems: %v", err)
-			}
-			return
-		}
-		if err := c.Validate(); err != nil {
-			t.Fatalf("accepted config does not validate again: %v", err)
-		}
-		r, err := NewRouter(c)
-		if err != nil {
-			t.Fatalf("NewRouter on a valid config: %v", err)
-		}
-		r.Route("sensors/x")
-		if _, err := NewAuth(c); err != nil {
-			t.Fatalf("NewAuth on a valid config: %v", err)
-		}
-		_ = c.SpoolOptions(nil)
-	})
-}
-
 func TestRestartRequired(t *testing.T) {
 	old := mustParse(t, routesSrc)
 	same := mustParse(t, routesSrc)
 	if got := RestartRequired(old, same); len(got) != 0 {
 		t.Fatalf("identical configs: %v", got)
 	}
-	changed := mustParse(t, routesSrc+"allow_anonymous: true\nlog: {level: debug}\nspool: {max_bytes: 2GiB}\n")
+	changed := mustParse(t, routesSrc+"allow_anonymous: true\nlog: {level: debug, format: json}\nspool: {max_bytes: 2GiB}\n")
 	changed.Routes = changed.Routes[:1]
 	changed.Bridge.Window = 8
-	if got, want := RestartRequired(old, changed), []string{"bridge", "log", "spool"}; !reflect.DeepEqual(got, want) {
+	if got, want := RestartRequired(old, changed), []string{"bridge", "log.format", "spool"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("RestartRequired = %v, want %v", got, want)
 	}
 }
 
 func TestEffectiveYAML(t *testing.T) {
-	c := authConfig(t, "")
+	c := mustParse(t, minimal+"users:\n  - {name: dev, password_hash: '"+hashSecret+"', publish: ['#']}\n")
 	c.Bridge.Password = "upstream-secret"
 	out, err := c.EffectiveYAML()
 	if err != nil {
@@ -627,14 +591,57 @@ func TestIsLoopback(t *testing.T) {
 
 func TestNewLogger(t *testing.T) {
 	var b strings.Builder
-	LogConfig{Level: "warn", Format: "json"}.NewLogger(&b).Info("hidden")
-	LogConfig{Level: "warn", Format: "json"}.NewLogger(&b).Warn("shown", "topic", "a/b")
+	LogConfig{Level: "warn", Format: "json"}.NewLogger(&b, nil).Info("hidden")
+	LogConfig{Level: "warn", Format: "json"}.NewLogger(&b, nil).Warn("shown", "topic", "a/b")
 	if got := b.String(); strings.Contains(got, "hidden") || !strings.Contains(got, `"msg":"shown"`) || !strings.Contains(got, `"topic":"a/b"`) {
 		t.Fatalf("json logger wrote %q", got)
 	}
 	b.Reset()
-	LogConfig{Level: "debug", Format: "text"}.NewLogger(&b).Debug("dbg", "lane", 3)
+	LogConfig{Level: "debug", Format: "text"}.NewLogger(&b, nil).Debug("dbg", "lane", 3)
 	if got := b.String(); !strings.Contains(got, "msg=dbg lane=3") {
 		t.Fatalf("text logger wrote %q", got)
 	}
 }
+
+// TestIndentationErrors loads real mis-indented files: the problem names the
+// line and column where the parser gave up (yaml.v3 named the start of the
+// enclosing block, lines above). Each file's first line says what to expect.
+func TestIndentationErrors(t *testing.T) {
+	files, err := filepath.Glob("testdata/indent/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no test files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _, _ := strings.Cut(string(b), "\n")
+			want, ok := strings.CutPrefix(first, "# want: ")
+			if !ok {
+				t.Fatalf("first line %q: want \"# want: LINE:COL: reason\"", first)
+			}
+			if strings.HasPrefix(filepath.Base(f), "users-") {
+				_, err = LoadUsers(f)
+			} else {
+				_, err = Load(f)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+				t.Fatalf("error = %v, want one problem", err)
+			}
+			if got := ce.Problems[0].String(); !strings.HasPrefix(got, f+":"+want) {
+				t.Errorf("problem:\n  %s\nwant it to start with:\n  %s:%s", got, f, want)
+			}
+		})
+	}
+}
+
+// routesSrc has routes and a default route, for RestartRequired.
+const routesSrc = minimal + `routes:
+  - {name: alarms, match: alarms/#, priority: 0}
+  - {name: sensors, match: sensors/#, priority: 7}
+default_route:
+  priority: 9
+`
