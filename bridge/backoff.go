@@ -36,3 +36,13 @@ func (b *backoff) ceiling() time.Duration {
 }
 
 func (b *backoff) reset() { b.n = 0 }
+
+// short returns a delay in [0, base] and leaves the ceiling where it is:
+// for a retry that is not the link's fault.
+func (b *backoff) short() time.Duration {
+	r := b.rand
+	if r == nil {
+		r = rand.Int64N
+	}
+	return time.Duration(r(int64(b.base) + 1))
+}

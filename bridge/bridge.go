@@ -12,7 +12,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/spool"
 )
 
@@ -60,18 +59,31 @@ var ErrStalled = errors.New("bridge: link stalled: no ack within the stall timeo
 
 // PartitionStats describe one upstream connection.
 type PartitionStats struct {
-	Partition   int
-	ClientID    string
-	State       LinkState
-	Since       time.Time // when State was entered
-	InFlight    int
-	Published   uint64 // publishes, resends included
-	Acked       uint64 // PUBACKs received
-	Resent      uint64 // publishes of messages that had failed before (Attempts > 0)
-	Connects    uint64 // successful connections
-	Reconnects  uint64 // successful connections after the first
-	Failures    uint64 // failed connection attempts
-	Stalls      uint64
+	Partition int
+	ClientID  string
+	State     LinkState
+	Since     time.Time // when State was entered
+	InFlight  int
+	// Window is the in-flight limit of the current (or last) connection:
+	// Options.Window, or the server's Receive Maximum if lower (MQTT 5).
+	Window     int
+	Published  uint64 // publishes, resends included
+	Acked      uint64 // PUBACKs received
+	Resent     uint64 // publishes of messages that had failed before (Attempts > 0)
+	Connects   uint64 // successful connections
+	Reconnects uint64 // successful connections after the first
+	Failures   uint64 // failed connection attempts
+	Stalls     uint64
+	// Probes are PINGREQs the bridge sent to check the link (on connect,
+	// when idle, and before each isolated message).
+	Probes uint64
+	// Isolated counts publishes of a suspect: alone, behind a PINGREQ,
+	// because it was the oldest unacknowledged message when a connection
+	// was lost (see doc.go, Poison).
+	Isolated uint64
+	// Rejected counts messages the upstream refused one by one (an MQTT 5
+	// PUBACK reason code >= 0x80): dead-lettered, the link kept.
+	Rejected    uint64
 	LastError   string
 	LastErrorAt time.Time
 }
@@ -87,6 +99,8 @@ type Stats struct {
 	Resent       uint64
 	Reconnects   uint64
 	Stalls       uint64
+	Isolated     uint64
+	Rejected     uint64 // refused by the upstream one by one (and dead-lettered)
 	DeadLettered uint64
 	InFlight     int
 	LastError    string
@@ -99,6 +113,8 @@ type Stats struct {
 	DownstreamAccepted uint64
 	DownstreamRejected uint64 // Sink.Accept errors (retried while connected)
 	DownstreamDropped  uint64 // QoS 0 commands dropped because the sink lagged
+	DownstreamUnrouted uint64 // commands no downstream route matched (acked, dropped)
+	DownstreamRefused  uint64 // commands the sink can never take (too large, invalid): acked, dropped, logged
 
 	Partitions []PartitionStats
 }
@@ -115,9 +131,18 @@ type Bridge struct {
 
 	msgLim, byteLim *rate.Limiter
 	batchCap        int
+	envBuf          []byte // the leaser's envelope buffer
+
+	// batch counts Lease calls; see ledger.prune.
+	batch atomic.Uint64
+	// leaseMu guards leaseCancel: it ends the Lease in progress when a
+	// partition goes down, so that nothing is leased while the link is.
+	leaseMu     sync.Mutex
+	leaseCancel context.CancelFunc
 
 	ackMu      sync.Mutex
 	ackPending []uint64
+	deadQueue  []deadLetter // refused upstream; dead-lettered by the ack loop
 	ackSig     chan struct{}
 
 	running        atomic.Bool
@@ -127,6 +152,9 @@ type Bridge struct {
 	dsAccepted     atomic.Uint64
 	dsRejected     atomic.Uint64
 	dsDropped      atomic.Uint64
+	dsUnrouted     atomic.Uint64
+	dsRefused      atomic.Uint64
+	dsRoutes       downstreamRoutes
 }
 
 // New checks opts and returns a Bridge over q.
@@ -139,9 +167,21 @@ func New(q Queue, opts Options) (*Bridge, error) {
 		return nil, errors.New("bridge: nil queue")
 	}
 	b := &Bridge{q: q, o: o, up: o.Upstream, log: o.Logger, wake: make(chan struct{}, 1), ackSig: make(chan struct{}, 1)}
+	if b.up == nil && IsJetStream(o.Brokers) {
+		b.up = &JetStream{Servers: o.Brokers, TLS: o.TLS, Username: o.Username, Password: o.Password,
+			KeepAlive: o.KeepAlive, ConnectTimeout: o.ConnectTimeout, SubjectPrefix: o.JetStream.SubjectPrefix,
+			Stream: o.JetStream.Stream, AckTimeout: o.StallTimeout}
+	}
+	if b.up == nil && o.Protocol == 5 {
+		b.up = &MQTT5{Brokers: o.Brokers, TLS: o.TLS, Username: o.Username, Password: o.Password,
+			KeepAlive: o.KeepAlive, ConnectTimeout: o.ConnectTimeout, Envelope: o.Format == FormatEnvelope, Retain: o.Retain}
+	}
 	if b.up == nil {
 		b.up = &Paho{Brokers: o.Brokers, TLS: o.TLS, Username: o.Username, Password: o.Password,
-			KeepAlive: o.KeepAlive, ConnectTimeout: o.ConnectTimeout}
+			KeepAlive: o.KeepAlive, ConnectTimeout: o.ConnectTimeout, Retain: o.Retain}
+	}
+	if b.dsRoutes, err = compileRoutes(o.Downstream); err != nil {
+		return nil, fmt.Errorf("bridge: invalid options: %w", err)
 	}
 	b.batchCap = 1024
 	if o.MaxRate > 0 {
@@ -196,12 +236,14 @@ func (b *Bridge) Stats() Stats {
 		DownstreamAccepted: b.dsAccepted.Load(),
 		DownstreamRejected: b.dsRejected.Load(),
 		DownstreamDropped:  b.dsDropped.Load(),
+		DownstreamUnrouted: b.dsUnrouted.Load(),
+		DownstreamRefused:  b.dsRefused.Load(),
 	}
 	first := true
 	for _, p := range b.parts {
 		p.mu.Lock()
 		ps := p.stats
-		ps.Partition, ps.ClientID, ps.State, ps.Since, ps.InFlight = p.idx, p.clientID, p.state, p.since, len(p.inflight)
+		ps.Partition, ps.ClientID, ps.State, ps.Since, ps.InFlight, ps.Window = p.idx, p.clientID, p.state, p.since, p.win.len(), p.window
 		p.mu.Unlock()
 		s.Partitions = append(s.Partitions, ps)
 		s.Published += ps.Published
@@ -209,6 +251,8 @@ func (b *Bridge) Stats() Stats {
 		s.Resent += ps.Resent
 		s.Reconnects += ps.Reconnects
 		s.Stalls += ps.Stalls
+		s.Isolated += ps.Isolated
+		s.Rejected += ps.Rejected
 		s.InFlight += ps.InFlight
 		if ps.LastErrorAt.After(s.LastErrorAt) {
 			s.LastError, s.LastErrorAt = ps.LastError, ps.LastErrorAt
@@ -249,32 +293,45 @@ func (b *Bridge) partitionOf(topic string) *partition {
 }
 
 // leaseLoop is the only goroutine that leases and publishes. It leases only
-// while every partition is connected and no stop-and-wait message is in
-// flight, so nothing waits in memory for a connection.
+// while every partition is connected, and a partition going down ends the
+// Lease it is waiting in: nothing waits in memory for a connection.
 func (b *Bridge) leaseLoop(ctx context.Context) {
 	errDelay := backoff{base: 100 * time.Millisecond, max: 5 * time.Second}
-	careful := false
 	for ctx.Err() == nil {
+		lctx, cancel := context.WithCancel(ctx)
+		b.leaseMu.Lock()
+		b.leaseCancel = cancel
+		b.leaseMu.Unlock()
+		// room is read after leaseCancel is set: a partition that goes
+		// down from here on cancels lctx.
 		n := b.room()
-		if n == 0 {
+		var items []spool.Item
+		var err error
+		var batch uint64
+		if n > 0 {
+			batch = b.batch.Add(1)
+			items, err = b.q.Lease(lctx, n)
+		}
+		b.leaseMu.Lock()
+		b.leaseCancel = nil
+		b.leaseMu.Unlock()
+		linkDown := lctx.Err() != nil
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			if len(items) > 0 {
+				b.nackAll(ctx, items)
+			}
+			return
+		case n == 0:
 			select {
 			case <-b.wake:
 			case <-ctx.Done():
 			}
 			continue
-		}
-		if careful {
-			// The last batch held a message that was the oldest unacked one
-			// when a connection died: lease one at a time, so that messages
-			// behind a poison message are not leased (and nacked with it)
-			// while it is being tried alone.
-			n = 1
-		}
-		items, err := b.q.Lease(ctx, n)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
+		case err != nil && linkDown:
+			continue // a partition went down while we waited
+		case err != nil:
 			b.log.Warn("spool lease failed", "err", err)
 			if !sleep(ctx, errDelay.next()) {
 				return
@@ -282,8 +339,26 @@ func (b *Bridge) leaseLoop(ctx context.Context) {
 			continue
 		}
 		errDelay.reset()
-		careful = b.dispatch(ctx, items)
+		b.dispatch(ctx, items, batch)
 	}
+}
+
+func (b *Bridge) nackAll(ctx context.Context, items []spool.Item) {
+	sctx, cancel := spoolCtx(ctx)
+	defer cancel()
+	if err := b.q.Nack(sctx, appendIDs(nil, items)...); err != nil {
+		b.log.Warn("spool nack failed", "err", err, "count", len(items))
+	}
+}
+
+// linkDown ends the Lease the leaser is waiting in, if any: a partition
+// went down.
+func (b *Bridge) linkDown() {
+	b.leaseMu.Lock()
+	if b.leaseCancel != nil {
+		b.leaseCancel()
+	}
+	b.leaseMu.Unlock()
 }
 
 // room returns how many messages to lease; 0: wait.
@@ -291,11 +366,11 @@ func (b *Bridge) room() int {
 	free := 0
 	for _, p := range b.parts {
 		p.mu.Lock()
-		if p.conn == nil || p.suspects > 0 {
+		if p.conn == nil {
 			p.mu.Unlock()
 			return 0
 		}
-		free += b.o.Window - len(p.inflight)
+		free += p.window - p.win.len()
 		p.mu.Unlock()
 	}
 	// Lease as soon as there is any room. Waiting for more room (to lease
@@ -307,81 +382,6 @@ func (b *Bridge) room() int {
 		return 0
 	}
 	return min(free, b.batchCap)
-}
-
-// dispatch publishes leased items in order and reports whether any was
-// published stop-and-wait (see partition.publish). Items that cannot go now
-// (an older message of their topic is back in the spool, or their
-// partition stayed down) are nacked and remembered, so that newer messages
-// of the topic wait for them.
-func (b *Bridge) dispatch(ctx context.Context, items []spool.Item) (suspects bool) {
-	var nack []uint64
-	for i, it := range items {
-		m, err := message.Decode(it.Data)
-		if err != nil {
-			b.deadLetter(ctx, it.ID, "undecodable: "+err.Error())
-			continue
-		}
-		topic := m.UpstreamTopic
-		if topic == "" {
-			topic = m.Topic
-		}
-		p := b.partitionOf(topic)
-		if ctx.Err() != nil {
-			p.returnIDs(topic, it.ID)
-			nack = append(nack, it.ID)
-			continue
-		}
-		if int(it.Attempts) >= b.o.MaxAttempts {
-			p.mu.Lock()
-			last := p.stats.LastError
-			p.forget(topic, it.ID)
-			p.mu.Unlock()
-			b.deadLetter(ctx, it.ID, fmt.Sprintf("delivery failed %d times (last link error: %s)", it.Attempts, last))
-			continue
-		}
-		if err := message.ValidateTopic(topic); err != nil {
-			b.deadLetter(ctx, it.ID, "invalid upstream topic: "+err.Error())
-			continue
-		}
-		payload := m.Payload
-		if b.o.Format == FormatEnvelope {
-			payload = EncodeEnvelope(m, b.o.GatewayID)
-		}
-		if len(payload)+len(topic)+4 > message.MaxPayloadSize {
-			b.deadLetter(ctx, it.ID, fmt.Sprintf("too large for MQTT: %d bytes", len(payload)))
-			continue
-		}
-		if err := b.pace(ctx, len(payload)); err != nil {
-			for _, rest := range items[i:] {
-				nack = append(nack, rest.ID)
-			}
-			// Remember them per topic before nacking.
-			for _, rest := range items[i:] {
-				if rm, err := message.Decode(rest.Data); err == nil {
-					t := rm.UpstreamTopic
-					if t == "" {
-						t = rm.Topic
-					}
-					b.partitionOf(t).returnIDs(t, rest.ID)
-				}
-			}
-			break
-		}
-		ok, suspect := p.publish(ctx, it, topic, payload)
-		if !ok {
-			nack = append(nack, it.ID)
-		}
-		suspects = suspects || suspect
-	}
-	if len(nack) > 0 {
-		sctx, cancel := spoolCtx(ctx)
-		defer cancel()
-		if err := b.q.Nack(sctx, nack...); err != nil {
-			b.log.Warn("spool nack failed", "err", err, "count", len(nack))
-		}
-	}
-	return suspects
 }
 
 func (b *Bridge) pace(ctx context.Context, n int) error {
@@ -410,6 +410,21 @@ func (b *Bridge) deadLetter(ctx context.Context, id uint64, reason string) {
 	b.log.Warn("message dead-lettered", "msg_id", id, "reason", reason)
 }
 
+// deadLetter is a message to dead-letter, and why.
+type deadLetter struct {
+	id     uint64
+	reason string
+}
+
+// deadLetterLater hands messages the upstream refused to the ack loop,
+// which dead-letters them (the receive path must not wait for the spool).
+func (b *Bridge) deadLetterLater(d []deadLetter) {
+	b.ackMu.Lock()
+	b.deadQueue = append(b.deadQueue, d...)
+	b.ackMu.Unlock()
+	signal(b.ackSig)
+}
+
 // ack hands ids acknowledged upstream to the ack loop, which acks them to
 // the spool in batches.
 func (b *Bridge) ack(ids []uint64) {
@@ -422,9 +437,12 @@ func (b *Bridge) ack(ids []uint64) {
 func (b *Bridge) ackLoop(stop <-chan struct{}) {
 	flush := func() {
 		b.ackMu.Lock()
-		ids := b.ackPending
-		b.ackPending = nil
+		ids, dead := b.ackPending, b.deadQueue
+		b.ackPending, b.deadQueue = nil, nil
 		b.ackMu.Unlock()
+		for _, d := range dead {
+			b.deadLetter(context.Background(), d.id, d.reason)
+		}
 		if len(ids) == 0 {
 			return
 		}

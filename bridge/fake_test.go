@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/spool"
@@ -25,6 +26,10 @@ type fakeQueue struct {
 	nacks    int
 	dead     map[uint64]string
 	leaseErr error
+	// leaseTimeout > 0 hands a leased message out again after this long
+	// without Ack or Nack, as the spool does.
+	leaseTimeout time.Duration
+	leasedAt     map[uint64]time.Time
 }
 
 func newFakeQueue() *fakeQueue {
@@ -56,6 +61,7 @@ func (q *fakeQueue) putN(n int, topics ...string) {
 func (q *fakeQueue) Lease(ctx context.Context, max int) ([]spool.Item, error) {
 	for {
 		q.mu.Lock()
+		q.expireLocked()
 		if q.leaseErr != nil {
 			q.mu.Unlock()
 			return nil, q.leaseErr
@@ -65,18 +71,48 @@ func (q *fakeQueue) Lease(ctx context.Context, max int) ([]spool.Item, error) {
 			for q.avail.Len() > 0 && len(out) < max {
 				id := heap.Pop(&q.avail).(uint64)
 				q.leased[id] = true
+				if q.leaseTimeout > 0 {
+					if q.leasedAt == nil {
+						q.leasedAt = map[uint64]time.Time{}
+					}
+					q.leasedAt[id] = time.Now()
+				}
 				out = append(out, *q.items[id])
 			}
 			q.mu.Unlock()
 			return out, nil
 		}
+		var expiry <-chan time.Time
+		if q.leaseTimeout > 0 && len(q.leasedAt) > 0 {
+			expiry = time.After(q.leaseTimeout / 10)
+		}
 		q.mu.Unlock()
 		select {
 		case <-q.sig:
+		case <-expiry:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// expireLocked puts messages whose lease ran out back, like a Nack.
+func (q *fakeQueue) expireLocked() {
+	for id, at := range q.leasedAt {
+		if q.leased[id] && time.Since(at) >= q.leaseTimeout {
+			delete(q.leased, id)
+			delete(q.leasedAt, id)
+			q.items[id].Attempts++
+			heap.Push(&q.avail, id)
+		}
+	}
+}
+
+// leasedCount is how many messages are leased now.
+func (q *fakeQueue) leasedCount() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.leased)
 }
 
 func (q *fakeQueue) Ack(_ context.Context, ids ...uint64) error {
@@ -150,13 +186,28 @@ func (h *idHeap) Pop() any {
 }
 
 // fakeUpstream is a scripted Upstream: connections that ack at once, never,
-// or by hand, and that can be dropped.
+// or by hand, that answer PINGREQs (unless blackholed), and that can be
+// dropped. Acks and ping answers are delivered in order by one goroutine
+// per connection, after latency.
 type fakeUpstream struct {
 	mu       sync.Mutex
 	attempts int
 	fail     func(attempt int) error // nil: connect succeeds
 	ack      bool                    // new connections ack at once
-	dropIf   func(topic string, payload []byte) bool
+	// dropIf makes the "broker" close the connection when it receives a
+	// publish, after answering what came before it (as mosquitto does).
+	dropIf func(topic string, payload []byte) bool
+	// dropLoses: answers the broker sent within this long before such a
+	// close are lost with it (a TCP reset discards what the client had not
+	// read yet).
+	dropLoses time.Duration
+	// refuseIf makes Publish fail at once without sending.
+	refuseIf func(topic string, payload []byte) bool
+	// latency delays connects, acks and ping answers by a round trip.
+	latency time.Duration
+	// cutAfter, when it returns d > 0, drops connection n (0-based) d after
+	// it came up: a flapping link.
+	cutAfter func(n int) time.Duration
 	conns    []*fakeConn
 	received []fakePub // everything that reached the "broker", in order
 	newConn  chan *fakeConn
@@ -176,17 +227,32 @@ func (u *fakeUpstream) Connect(ctx context.Context, cfg ConnConfig) (Conn, error
 	u.mu.Lock()
 	u.attempts++
 	n := u.attempts
-	fail := u.fail
+	fail, lat := u.fail, u.latency
 	u.mu.Unlock()
 	if fail != nil {
 		if err := fail(n); err != nil {
 			return nil, err
 		}
 	}
+	if lat > 0 {
+		select {
+		case <-time.After(lat):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	u.mu.Lock()
-	c := &fakeConn{u: u, n: len(u.conns), cfg: cfg, lost: make(chan struct{}), ack: u.ack}
+	c := &fakeConn{u: u, n: len(u.conns), cfg: cfg, lost: make(chan struct{}), ack: u.ack, latency: lat,
+		out: make(chan *fakeDelivery, 1<<14)}
 	u.conns = append(u.conns, c)
+	cut := u.cutAfter
 	u.mu.Unlock()
+	go c.deliver()
+	if cut != nil {
+		if d := cut(c.n); d > 0 {
+			time.AfterFunc(d, func() { c.drop(errors.New("fake: link cut")) })
+		}
+	}
 	u.newConn <- c
 	return c, nil
 }
@@ -198,75 +264,166 @@ func (u *fakeUpstream) log() []fakePub {
 }
 
 type fakeConn struct {
-	u    *fakeUpstream
-	n    int
-	cfg  ConnConfig
-	lost chan struct{}
-	once sync.Once
-	err  error
+	u       *fakeUpstream
+	n       int
+	cfg     ConnConfig
+	lost    chan struct{}
+	once    sync.Once
+	err     error
+	lostAt  time.Time
+	latency time.Duration
+	out     chan *fakeDelivery
 
-	mu      sync.Mutex
-	ack     bool
-	pending []*fakeToken
+	mu        sync.Mutex
+	ack       bool
+	blackhole bool
+	pending   []uint16        // received, not acked
+	queued    []*fakeDelivery // sent, not delivered yet
 }
 
-type fakeToken struct {
-	done chan struct{}
-	err  error
+// fakeDelivery is an ack, a ping answer or the broker's close on its way
+// back.
+type fakeDelivery struct {
+	sent, due time.Time
+	pids      []uint16
+	drop      error
+	lost      bool // guarded by fakeConn.mu
+	pong      *Pong
 }
 
-func (t *fakeToken) Done() <-chan struct{} { return t.done }
-func (t *fakeToken) Error() error          { return t.err }
+func (c *fakeConn) deliver() {
+	for {
+		select {
+		case d := <-c.out:
+			if w := time.Until(d.due); w > 0 {
+				select {
+				case <-time.After(w):
+				case <-c.lost:
+					return
+				}
+			}
+			c.mu.Lock()
+			lost := d.lost
+			c.queued = c.queued[1:]
+			c.mu.Unlock()
+			if lost || !c.alive() {
+				continue
+			}
+			switch {
+			case d.drop != nil:
+				c.drop(d.drop)
+			case d.pong != nil:
+				d.pong.Answer()
+			case c.cfg.OnAck != nil:
+				c.cfg.OnAck(d.pids)
+			}
+		case <-c.lost:
+			return
+		}
+	}
+}
 
-func (c *fakeConn) Publish(topic string, payload []byte) Token {
-	t := &fakeToken{done: make(chan struct{})}
+// send queues d; c.mu is held.
+func (c *fakeConn) send(d *fakeDelivery) {
+	d.sent = time.Now()
+	d.due = d.sent.Add(c.latency)
+	c.queued = append(c.queued, d)
+	c.out <- d
+}
+
+func (c *fakeConn) alive() bool {
 	select {
 	case <-c.lost:
-		t.err = errors.New("fake: not connected")
-		close(t.done)
-		return t
+		return false
 	default:
+		return true
+	}
+}
+
+func (c *fakeConn) Publish(pid uint16, topic string, payload []byte) error {
+	if !c.alive() {
+		return errors.New("fake: not connected")
 	}
 	c.u.mu.Lock()
+	if c.u.refuseIf != nil && c.u.refuseIf(topic, payload) {
+		c.u.mu.Unlock()
+		return errors.New("fake: publish failed before it was sent")
+	}
+	c.mu.Lock()
+	bh := c.blackhole
+	c.mu.Unlock()
+	if bh {
+		c.u.mu.Unlock()
+		return nil
+	}
 	c.u.received = append(c.u.received, fakePub{c.n, topic, string(payload)})
 	drop := c.u.dropIf != nil && c.u.dropIf(topic, payload)
+	loses := c.u.dropLoses
 	c.u.mu.Unlock()
 	c.mu.Lock()
-	if c.ack && !drop {
-		close(t.done)
-	} else {
-		c.pending = append(c.pending, t)
-	}
-	c.mu.Unlock()
+	defer c.mu.Unlock()
 	if drop {
-		c.drop(errors.New("fake: broker closed the connection"))
+		for _, d := range c.queued {
+			if time.Since(d.sent) < loses {
+				d.lost = true
+			}
+		}
+		c.send(&fakeDelivery{drop: errors.New("fake: broker closed the connection")})
+		return nil
 	}
-	return t
+	if c.ack {
+		c.send(&fakeDelivery{pids: []uint16{pid}})
+	} else {
+		c.pending = append(c.pending, pid)
+	}
+	return nil
+}
+
+func (c *fakeConn) Flush() {}
+
+func (c *fakeConn) Ping() *Pong {
+	pong := NewPong()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.alive() && !c.blackhole {
+		c.send(&fakeDelivery{pong: pong})
+	}
+	return pong
 }
 
 // ackAll acks every pending publish.
 func (c *fakeConn) ackAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, t := range c.pending {
-		close(t.done)
+	if len(c.pending) > 0 && c.alive() {
+		c.send(&fakeDelivery{pids: c.pending})
 	}
 	c.pending = nil
 }
 
-// drop loses the connection; pending tokens fail, as paho's cleanup does.
+// setBlackhole makes the connection drop everything from now on, like a
+// dead route: nothing arrives, nothing is answered, nothing is closed.
+func (c *fakeConn) setBlackhole() {
+	c.mu.Lock()
+	c.blackhole = true
+	c.mu.Unlock()
+}
+
+// drop loses the connection.
 func (c *fakeConn) drop(err error) {
 	c.once.Do(func() {
-		c.err = err
+		c.err, c.lostAt = err, time.Now()
 		close(c.lost)
 	})
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, t := range c.pending {
-		t.err = errors.New("fake: connection lost before publish completed")
-		close(t.done)
+}
+
+func (c *fakeConn) LostAt() time.Time {
+	select {
+	case <-c.lost:
+		return c.lostAt
+	default:
+		return time.Time{}
 	}
-	c.pending = nil
 }
 
 func (c *fakeConn) Lost() <-chan struct{} { return c.lost }

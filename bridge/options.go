@@ -13,7 +13,7 @@ import (
 	"github.com/ferrymq/ferry/protocols/message"
 )
 
-// Format is the upstream payload format (DESIGN.md §5).
+// Format is the upstream payload format (docs/design.md §5).
 type Format uint8
 
 const (
@@ -54,6 +54,13 @@ type Options struct {
 	TLS      *tls.Config
 	Username string
 	Password string
+	// Protocol is the MQTT version spoken to Brokers: 4 (MQTT 3.1.1,
+	// through paho.mqtt.golang; the default) or 5 (MQTT 5, through
+	// paho.golang: see MQTT5).
+	Protocol int
+	// JetStream configures a NATS JetStream upstream: Brokers are then
+	// nats:// URLs (see JetStream).
+	JetStream JetStreamOptions
 	// ClientID may contain {gateway_id}; default "ferry-{gateway_id}".
 	// Partition p > 0, or any partition when Partitions > 1, gets "-p<p>"
 	// appended.
@@ -71,24 +78,70 @@ type Options struct {
 	// StableAfter is how long a connection must stay up before the backoff
 	// starts from BackoffBase again; default 10s.
 	StableAfter time.Duration
-	// StallTimeout: messages in flight and no PUBACK for this long means the
-	// link is stalled (e.g. a blackholed TCP connection) and is reconnected.
-	// Default 10s. Keep it well below the spool's LeaseTimeout.
+	// StallTimeout: messages in flight and no PUBACK for this long, or a
+	// PINGREQ unanswered for this long, means the link is stalled (e.g. a
+	// blackholed TCP connection) and is reconnected. Default 10s. Keep it
+	// well below the spool's LeaseTimeout.
 	StallTimeout time.Duration
-	// MaxAttempts: a message leased with this many failed deliveries
-	// (spool.Item.Attempts) is dead-lettered instead of published. Default
+	// IdlePing: a connection with nothing in flight and no PUBACK or
+	// PINGRESP for this long is sent a PINGREQ (answered within
+	// StallTimeout, or the link is stalled), so that a link that went dark
+	// while idle is found before the next message waits behind it. Default
+	// 10s; negative: off (then only paho's keepalive notices). Each ping is
+	// 2 bytes each way plus TCP/IP headers, a few hundred bytes a minute.
+	IdlePing time.Duration
+	// MaxAttempts bounds the evidence against one message before it is
+	// dead-lettered: losses of the connection while it was the only message
+	// in flight, late enough after its publish that the broker could have
+	// answered. A broker that answers the PINGREQ sent just before it and
+	// then drops the connection has refused it: two such refusals
+	// dead-letter it at once. Link failures with messages in flight count
+	// against no message (the spool's Attempts still counts them). Default
 	// 10, minimum 4 (see doc.go, Poison).
 	MaxAttempts int
+
+	// Retain decides, per message, whether it is published upstream with
+	// the retain flag it came with (Message.Retain): the gateway asks the
+	// message's route (upstream_retain), at drain time. nil: never
+	// retained. JetStream has no retain.
+	Retain func(m *message.Message) bool
+
+	// QoS0: publish messages whose route says upstream_qos 0
+	// (Message.UpstreamQoS 0) at QoS 0 and ack them in the spool once
+	// queued on the connection: deleted once sent, lost if the link drops
+	// before they leave. false: every message at QoS 1. JetStream
+	// upstreams always wait for the PubAck.
+	QoS0 bool
+
+	// FailbackAfter: a connection to any broker but the first of Brokers
+	// (a failover list) is ended after this long once the first accepts
+	// TCP connections again, so that the next connection goes back to it;
+	// what was in flight is resent there (at least once: nothing is lost
+	// across the switch). Checked every FailbackAfter. 0: stay until the
+	// connection drops (paho's behaviour).
+	FailbackAfter time.Duration
 
 	MaxRate     float64 // messages per second; 0: unlimited
 	MaxByteRate float64 // payload bytes per second; 0: unlimited
 
+	// OnDelivered, if set, is called with the accept→upstream-ack age
+	// (spool.Item.EnqueuedAt to the PUBACK) of every message the broker
+	// acknowledged, from the connection's receive path: it must be quick.
+	OnDelivered func(age time.Duration)
+
 	Format Format
 
-	// Downstream are upstream topic filters ({gateway_id} is resolved)
-	// subscribed on every connection of partition 0; what arrives is handed
-	// to DownstreamSink and PUBACKed upstream only after Accept returned nil.
-	Downstream     []string
+	// Downstream are the routes of upstream commands ({gateway_id} is
+	// resolved in both topics): their remote filters are subscribed at QoS
+	// 1 on partition 0's connection, which then uses a persistent session
+	// (clean session off, a stable client id), so that the broker keeps
+	// what arrives while the gateway is away. Each command gets its local
+	// topic and TTL from the first route that matches, and is handed to
+	// DownstreamSink; it is PUBACKed upstream only after Accept returned
+	// nil. A command no route matches (a subscription left in the
+	// persistent session by an older configuration) is acknowledged and
+	// counted in Stats.DownstreamUnrouted.
+	Downstream     []DownstreamRoute
 	DownstreamSink message.Sink
 
 	// Upstream opens connections; nil: paho with the fields above.
@@ -106,18 +159,28 @@ const (
 	defaultBackoffMax   = 60 * time.Second
 	defaultStableAfter  = 10 * time.Second
 	defaultStallTimeout = 10 * time.Second
+	defaultIdlePing     = 10 * time.Second
 	defaultMaxAttempts  = 10
-	// isolateAttempts: a message leased with this many failed deliveries
-	// is published stop-and-wait (as is the head of a cut, see
-	// partition.heads). A broker that drops a client over a message may
-	// also lose the PUBACKs of the messages just before it, so those look
-	// as guilty as the poison for a round or two.
-	isolateAttempts = 2
-	// minMaxAttempts leaves innocent neighbours of a poison message (in
-	// flight at up to two cuts, then nacked once more from the leased batch
-	// while it is tried alone) below the limit.
-	minMaxAttempts = isolateAttempts + 2
+	// minMaxAttempts: a strike needs a loss after half a round trip, which
+	// a flapping link can also produce now and then; a few of them must not
+	// dead-letter an innocent message.
+	minMaxAttempts = 4
+	// refusalsToDLQ: a broker that read the PINGREQ just before a message
+	// and then dropped the connection twice, each time with only that
+	// message in flight, will not take it.
+	refusalsToDLQ = 2
 )
+
+// JetStreamOptions are the keys of a JetStream upstream.
+type JetStreamOptions struct {
+	SubjectPrefix string // prepended to every subject, with a dot
+	Stream        string // must exist, and take every publish; "": any stream that takes the subject
+}
+
+// IsJetStream reports whether brokers name NATS servers (nats://).
+func IsJetStream(brokers []string) bool {
+	return len(brokers) > 0 && strings.HasPrefix(brokers[0], "nats://")
+}
 
 // withDefaults returns a copy of o with defaults applied, or every problem
 // found.
@@ -156,6 +219,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.StallTimeout == 0 {
 		o.StallTimeout = defaultStallTimeout
 	}
+	if o.IdlePing == 0 {
+		o.IdlePing = defaultIdlePing
+	}
 	if o.StallTimeout < 0 || o.KeepAlive < 0 || o.ConnectTimeout < 0 || o.StableAfter < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative"))
 	}
@@ -165,11 +231,31 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxAttempts < minMaxAttempts {
 		errs = append(errs, fmt.Errorf("max_attempts: must be >= %d (got %d)", minMaxAttempts, o.MaxAttempts))
 	}
+	if o.FailbackAfter < 0 {
+		errs = append(errs, fmt.Errorf("failback_after: must not be negative (got %v)", o.FailbackAfter))
+	}
 	if o.MaxRate < 0 || o.MaxByteRate < 0 {
 		errs = append(errs, errors.New("max_rate: must not be negative"))
 	}
 	if o.Format > FormatEnvelope {
 		errs = append(errs, fmt.Errorf("format: unknown %d", o.Format))
+	}
+	switch o.Protocol {
+	case 0:
+		o.Protocol = 4
+	case 4, 5:
+	default:
+		errs = append(errs, fmt.Errorf("protocol: must be 4 (MQTT 3.1.1) or 5 (MQTT 5) (got %d)", o.Protocol))
+	}
+	if IsJetStream(o.Brokers) {
+		for i, b := range o.Brokers {
+			if !strings.HasPrefix(b, "nats://") {
+				errs = append(errs, fmt.Errorf("brokers[%d]: %q: NATS and MQTT upstreams cannot be mixed", i, b))
+			}
+		}
+		if len(o.Downstream) > 0 {
+			errs = append(errs, errors.New("downstream: not supported on a JetStream upstream"))
+		}
 	}
 	if o.Upstream == nil && len(o.Brokers) == 0 {
 		errs = append(errs, errors.New("brokers: at least one is required"))
@@ -181,14 +267,15 @@ func (o Options) withDefaults() (Options, error) {
 	if strings.Contains(o.ClientID, "{") {
 		errs = append(errs, fmt.Errorf("client_id: unresolved placeholder in %q", o.ClientID))
 	}
-	filters := make([]string, len(o.Downstream))
-	for i, f := range o.Downstream {
-		filters[i] = Expand(f, o.GatewayID)
-		if err := message.ValidateFilter(filters[i]); err != nil {
-			errs = append(errs, fmt.Errorf("downstream[%d]: %w", i, err))
+	routes := make([]DownstreamRoute, len(o.Downstream))
+	for i, r := range o.Downstream {
+		r.Remote, r.Local = Expand(r.Remote, o.GatewayID), Expand(r.Local, o.GatewayID)
+		routes[i] = r
+		if field, err := CheckDownstreamRoute(r); err != nil {
+			errs = append(errs, fmt.Errorf("downstream[%d].%s: %w", i, field, err))
 		}
 	}
-	o.Downstream = filters
+	o.Downstream = routes
 	if len(o.Downstream) > 0 && o.DownstreamSink == nil {
 		errs = append(errs, errors.New("downstream: a sink is required with filters"))
 	}

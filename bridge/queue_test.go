@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"testing"
 
@@ -23,8 +22,7 @@ type testQueue interface {
 // queueKinds are the queues integration tests run against.
 var queueKinds = []string{"fake", "spool"}
 
-// newTestQueue returns a queue of kind; the real spool test is skipped while
-// spool.Open is still the stub.
+// newTestQueue returns a queue of kind: "fake" or the real "spool".
 func newTestQueue(t testing.TB, kind string) testQueue {
 	t.Helper()
 	if kind == "fake" {
@@ -32,9 +30,6 @@ func newTestQueue(t testing.TB, kind string) testQueue {
 	}
 	s, err := spool.Open(t.TempDir()+"/spool.db", spool.Options{Durability: spool.Interval, MaxBytes: -1})
 	if err != nil {
-		if strings.Contains(err.Error(), "spool: not implemented yet") {
-			t.Skip("real spool: spool.Open is still the stub (spool: not implemented yet)")
-		}
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })

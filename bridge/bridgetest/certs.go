@@ -1,122 +1,13 @@
 package bridgetest
 
-import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
-	"testing"
-	"time"
-)
+import "github.com/ferrymq/ferry/internal/testkit"
 
-// Certs is a CA with a server certificate for 127.0.0.1/localhost and a
-// client certificate, written as PEM files into a test directory.
-type Certs struct {
-	CAFile, ServerCert, ServerKey, ClientCert, ClientKey string
-	CAPool                                               *x509.CertPool
-	Client                                               tls.Certificate
-}
+// Certs is testkit.Certs (a CA, a server and a client certificate as PEM
+// files), for the upstream's TLS.
+type Certs = testkit.Certs
 
 // NewCerts generates a fresh CA and certificates under dir.
-func NewCerts(t testing.TB, dir string) *Certs {
-	t.Helper()
-	caKey, caCert, caDER := newCA(t, "ferry test ca")
-	c := &Certs{
-		CAFile:     filepath.Join(dir, "ca.pem"),
-		ServerCert: filepath.Join(dir, "server.pem"), ServerKey: filepath.Join(dir, "server.key"),
-		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client.key"),
-		CAPool: x509.NewCertPool(),
-	}
-	c.CAPool.AddCert(caCert)
-	writePEM(t, c.CAFile, "CERTIFICATE", caDER)
-	srvDER, srvKey := leaf(t, caCert, caKey, "localhost", x509.ExtKeyUsageServerAuth)
-	writePEM(t, c.ServerCert, "CERTIFICATE", srvDER)
-	writeKey(t, c.ServerKey, srvKey)
-	cliDER, cliKey := leaf(t, caCert, caKey, "ferry-client", x509.ExtKeyUsageClientAuth)
-	writePEM(t, c.ClientCert, "CERTIFICATE", cliDER)
-	writeKey(t, c.ClientKey, cliKey)
-	var err error
-	if c.Client, err = tls.LoadX509KeyPair(c.ClientCert, c.ClientKey); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// ClientTLS is a TLS config that trusts the CA and presents the client
-// certificate.
-func (c *Certs) ClientTLS() *tls.Config {
-	return &tls.Config{RootCAs: c.CAPool, Certificates: []tls.Certificate{c.Client}, MinVersion: tls.VersionTLS12}
-}
+var NewCerts = testkit.NewCerts
 
 // OtherCA writes an unrelated CA into dir and returns its file.
-func OtherCA(t testing.TB, dir string) string {
-	t.Helper()
-	_, _, der := newCA(t, "some other ca")
-	f := filepath.Join(dir, "other-ca.pem")
-	writePEM(t, f, "CERTIFICATE", der)
-	return f
-}
-
-func newCA(t testing.TB, cn string) (*ecdsa.PrivateKey, *x509.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert, der
-}
-
-func leaf(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func writeKey(t testing.TB, path string, key *ecdsa.PrivateKey) {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, path, "PRIVATE KEY", der)
-}
+var OtherCA = testkit.OtherCA

@@ -12,6 +12,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/freeport"
+
+	"github.com/ferrymq/ferry/internal/sysbin"
+
+	"github.com/ferrymq/ferry/internal/testkit"
 )
 
 // MosquittoOptions shape the generated mosquitto.conf.
@@ -54,20 +60,7 @@ type Mosquitto struct {
 
 // MosquittoPath finds the mosquitto binary ("" if none): $MOSQUITTO, PATH,
 // /usr/sbin/mosquitto.
-func MosquittoPath() string {
-	if p := os.Getenv("MOSQUITTO"); p != "" {
-		return p
-	}
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
-}
+func MosquittoPath() string { return sysbin.Find("MOSQUITTO", "mosquitto") }
 
 // RequireMosquitto skips t under -short or without mosquitto (failing
 // instead when CI=true) and returns the binary.
@@ -165,7 +158,7 @@ func (m *Mosquitto) Start() {
 	if m.cmd != nil {
 		m.t.Fatal("bridgetest: mosquitto already running")
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testkit.Timeout(30 * time.Second))
 	for {
 		cmd := exec.Command(m.bin, "-c", m.conf)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -174,7 +167,7 @@ func (m *Mosquitto) Start() {
 		}
 		exited := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(exited) }()
-		if waitListening(m.Addr(), exited, 5*time.Second) {
+		if waitListening(m.Addr(), exited, testkit.Timeout(10*time.Second)) {
 			m.cmd, m.exited = cmd, exited
 			return
 		}
@@ -223,7 +216,7 @@ func (m *Mosquitto) signal(sig syscall.Signal) {
 	_ = m.cmd.Process.Signal(sig)
 	select {
 	case <-m.exited:
-	case <-time.After(10 * time.Second):
+	case <-testkit.After(30 * time.Second):
 		_ = m.cmd.Process.Kill()
 		<-m.exited
 	}
@@ -282,13 +275,13 @@ func (m *Mosquitto) Log() string {
 	return string(b)
 }
 
-// FreePort returns a port that was free on 127.0.0.1 a moment ago.
+// FreePort returns a port that was free on 127.0.0.1 a moment ago, never
+// the same one twice (freeport.Loopback).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }

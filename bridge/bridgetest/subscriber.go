@@ -11,6 +11,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/ferrymq/ferry/internal/testkit"
 )
 
 // Record is one message the Subscriber received.
@@ -19,6 +21,12 @@ type Record struct {
 	Payload []byte // the original payload (envelope unwrapped)
 	ID      string // envelope id; "" for raw
 	Dup     bool   // MQTT DUP flag
+
+	// MQTT 5 subscribers (NewSubscriber5) only:
+	Retain      bool
+	User        [][2]string // user properties, in order
+	ContentType string
+	Expiry      *uint32 // Message Expiry Interval as received
 }
 
 // Subscriber is a paho client that records everything arriving on a filter.
@@ -88,10 +96,10 @@ func NewSubscriber(t testing.TB, o SubscriberOptions) *Subscriber {
 		opts.SetTLSConfig(o.TLS)
 	}
 	s.client = paho.NewClient(opts)
-	if tok := s.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := s.client.Connect(); !tok.WaitTimeout(testkit.Timeout(30*time.Second)) || tok.Error() != nil {
 		t.Fatalf("bridgetest: subscriber connect: %v", tok.Error())
 	}
-	if tok := s.client.Subscribe(o.Filter, 1, handler); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+	if tok := s.client.Subscribe(o.Filter, 1, handler); !tok.WaitTimeout(testkit.Timeout(30*time.Second)) || tok.Error() != nil {
 		t.Fatalf("bridgetest: subscribe %q: %v", o.Filter, tok.Error())
 	}
 	t.Cleanup(func() { s.client.Disconnect(100) })
@@ -113,9 +121,10 @@ func (s *Subscriber) Records() []Record {
 }
 
 // WaitFor waits until cond holds for the records (checked on every
-// arrival and every 50ms) or timeout passes; it reports whether it held.
+// arrival and every 50ms) or the hang guard testkit.Timeout(timeout)
+// passes; it reports whether it held.
 func (s *Subscriber) WaitFor(timeout time.Duration, cond func([]Record) bool) bool {
-	end := time.Now().Add(timeout)
+	end := time.Now().Add(testkit.Timeout(timeout))
 	for {
 		s.mu.Lock()
 		ok := cond(s.records)
