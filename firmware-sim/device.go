@@ -58,7 +58,7 @@ type DeviceConfig struct {
 	Index    int      // position in the fleet, for the {n} topic placeholder
 	Protocol Protocol // required
 	Addr     string   // gateway listener host:port (required)
-	ClientID string   // MQTT client id; default "fsim-" + Name
+	ClientID string   // MQTT client id, STOMP client-id header; default "fsim-" + Name
 	Username string
 	Password string
 	Topic    string // template, see ExpandTopic; default "sensors/{device}/temp"

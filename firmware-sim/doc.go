@@ -47,6 +47,14 @@
 // arrival whose seq is lower than one already seen for the same device and
 // topic), ack->arrival and send->arrival latency percentiles and throughput.
 //
+// # Proxy
+//
+// A Proxy is a fault-injecting TCP proxy to put between a client and its
+// server: Cut (reset every open connection), Refuse (reset new ones),
+// Blackhole (forward nothing, close nothing), Heal, and a latency and
+// bandwidth per direction. `ferry demo` cuts the gateway's upstream link
+// with it.
+//
 // # Concurrency
 //
 // Device, Fleet and Verifier methods are safe for concurrent use; Run

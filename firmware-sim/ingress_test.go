@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/protocols/mqtt"
 )
@@ -49,11 +51,13 @@ func (s *flakySink) Accept(_ context.Context, m *message.Message) error {
 // and re-sends, and every acknowledged reading reached the sink, in order.
 // MQTT 5 readings carry their id in the msg-id user property.
 //
-// The MQTT 5 devices use Window 1: with more in flight, the messages sent
-// behind a refused one are accepted (the connection stays up after 0x97)
-// and reach upstream before the refused one is re-sent, which the verifier
-// reports as an order violation. That is inherent to negative PUBACKs with
-// pipelining, not a gateway bug (G3 is per accepted order).
+// The MQTT 5 devices use Window 1: the messages in flight behind a refused
+// one are refused too (the ingest core withdraws them), but one the device
+// sends after the 0x97 left and before it arrived is a new message on a
+// connection that stays up: stored, it reaches upstream before the refused
+// one is re-sent, which the verifier reports as an order violation. That is
+// inherent to negative PUBACKs with pipelining, not a gateway bug (G3 is
+// per accepted order).
 func TestMQTTDevicesIntoFerryIngress(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Ferry's MQTT listener: skipped with -short")
@@ -67,9 +71,14 @@ func testIngress(t *testing.T, proto Protocol) {
 	const run = "ingress"
 	v := NewVerifier(VerifierOptions{RunID: run})
 	sink := &flakySink{v: v, n: 97, wantMsgID: proto == MQTT5}
+	core, err := ingest.New(ingest.Options{Sink: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(core.Close)
 	srv, err := mqtt.New(mqtt.Options{
 		Listeners: []mqtt.Listener{{Name: "tcp", Kind: mqtt.KindTCP, Address: "127.0.0.1:0"}},
-		Sink:      sink, Auth: message.AllowAll{},
+		Ingest:    core, Auth: message.AllowAll{},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +87,7 @@ func testIngress(t *testing.T, proto Protocol) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testkit.Timeout(testkit.DefaultWait)) // a hang guard
 		defer cancel()
 		if err := srv.Close(ctx); err != nil {
 			t.Errorf("mqtt close: %v", err)
@@ -90,13 +99,13 @@ func testIngress(t *testing.T, proto Protocol) {
 		window = 1
 	}
 	f, err := NewFleet(FleetOptions{
-		Devices: devices, Mix: []Protocol{proto}, MQTTAddr: srv.Addr("tcp"), RunID: run, Duration: 30 * time.Second, Drain: 10 * time.Second,
+		Devices: devices, Mix: []Protocol{proto}, MQTTAddr: srv.Addr("tcp"), RunID: run, Duration: fleetDuration, Drain: 10 * time.Second,
 		Logger: testLogger(t),
 		Template: DeviceConfig{QoS: 1, Rate: 300, Burst: 5, Count: count, Window: window,
-			// The ack timeout is generous: this test is about refusals; on a
-			// loaded machine a 3s timeout also made devices reconnect while
+			// The ack timeout is a hang guard: this test is about refusals; on
+			// a loaded machine a 3s timeout also made devices reconnect while
 			// their old connection still had publishes being stored.
-			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 15 * time.Second},
+			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: testkit.Timeout(30 * time.Second)},
 	})
 	if err != nil {
 		t.Fatal(err)

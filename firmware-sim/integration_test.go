@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/bridge/bridgetest"
+	"github.com/ferrymq/ferry/internal/testkit"
+	"github.com/ferrymq/ferry/protocols/ingest"
 	"github.com/ferrymq/ferry/protocols/message"
 	"github.com/ferrymq/ferry/protocols/stomp"
 )
@@ -23,11 +25,20 @@ func testLogger(t *testing.T) *slog.Logger {
 	return nil
 }
 
+// fleetDuration bounds production in the tests' fleets: a hang guard only,
+// since every test fleet ends when each device produced its Count and got
+// its acks (Duration plus Drain bounds that).
+var fleetDuration = testkit.Timeout(testkit.DefaultWait)
+
 // runFleet runs f while during (if set) disturbs it, waits for the
-// acknowledged readings to arrive at v and returns the report.
+// acknowledged readings to arrive at v and returns the report. Every wait
+// is a hang guard: the run ends when the devices are done, the wait for
+// arrivals when everything acknowledged arrived.
 func runFleet(t *testing.T, f *Fleet, v *Verifier, during func(ctx context.Context)) Report {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	settle := testkit.Timeout(testkit.DefaultWait)
+	guard := f.opts.Duration + f.opts.Drain + settle + testkit.Timeout(testkit.DefaultWait)
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	defer cancel()
 	var wg sync.WaitGroup
 	fctx, stopDisturbing := context.WithCancel(ctx)
@@ -38,12 +49,15 @@ func runFleet(t *testing.T, f *Fleet, v *Verifier, during func(ctx context.Conte
 	stopDisturbing()
 	wg.Wait()
 	if err != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("hang guard: fleet still running after %v (%s=%g): %v", guard, testkit.ScaleEnv, testkit.Scale(), err)
+		}
 		t.Fatalf("fleet: %v", err)
 	}
 	acked := f.Acked()
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	wctx, wcancel := context.WithTimeout(ctx, settle)
 	defer wcancel()
-	v.WaitFor(wctx, acked)
+	v.WaitFor(wctx, acked) // what is still missing after the guard is reported as lost
 	r := v.Report(acked)
 	t.Logf("fleet: %v\n%s", f.Stats(), r)
 	return r
@@ -52,7 +66,7 @@ func runFleet(t *testing.T, f *Fleet, v *Verifier, during func(ctx context.Conte
 func startVerifier(t *testing.T, broker, runID string) *Verifier {
 	t.Helper()
 	v := NewVerifier(VerifierOptions{Broker: broker, Filter: "sensors/#", RunID: runID, Logger: testLogger(t)})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.Timeout(testkit.DefaultWait)) // a hang guard
 	defer cancel()
 	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -68,9 +82,12 @@ func TestFleetIntoMosquitto(t *testing.T) {
 	m := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
 	const devices, count = 4, 150
 	f, err := NewFleet(FleetOptions{
-		Devices: devices, Mix: []Protocol{MQTT311, MQTT5}, MQTTAddr: m.Addr(), Duration: 20 * time.Second, Drain: 5 * time.Second,
-		Logger:   testLogger(t),
-		Template: DeviceConfig{Topic: "sensors/{device}/temp", QoS: 1, Rate: 500, Burst: 10, Count: count, Window: 8, PayloadSize: 200},
+		Devices: devices, Mix: []Protocol{MQTT311, MQTT5}, MQTTAddr: m.Addr(), Duration: fleetDuration, Drain: 5 * time.Second,
+		Logger: testLogger(t),
+		// No retransmit is expected: the ack timeout is a hang guard, lest a
+		// slow ack on a loaded machine count as a stall.
+		Template: DeviceConfig{Topic: "sensors/{device}/temp", QoS: 1, Rate: 500, Burst: 10, Count: count, Window: 8, PayloadSize: 200,
+			AckTimeout: testkit.Timeout(testkit.DefaultWait)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +114,7 @@ func TestFleetIntoMosquitto(t *testing.T) {
 func TestQoS0IsNotAcked(t *testing.T) {
 	m := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
 	f, err := NewFleet(FleetOptions{
-		Devices: 1, MQTTAddr: m.Addr(), Duration: 10 * time.Second, Drain: time.Second,
+		Devices: 1, MQTTAddr: m.Addr(), Duration: fleetDuration, Drain: time.Second,
 		Template: DeviceConfig{QoS: 0, Rate: 200, Count: 20},
 	})
 	if err != nil {
@@ -105,25 +122,38 @@ func TestQoS0IsNotAcked(t *testing.T) {
 	}
 	v := startVerifier(t, m.Addr(), f.RunID())
 	runFleet(t, f, v, nil)
-	if !v.waitArrived(t, 20) {
-		t.Errorf("QoS 0 readings did not arrive: %d", v.Arrived())
-	}
+	testkit.Wait(t, "the 20 QoS 0 readings to arrive", func() bool { return v.Arrived() >= 20 })
 	r := v.Report(f.Acked())
 	if r.Acked != 0 || r.Unacked != 20 || !r.OK() {
 		t.Errorf("report:\n%s", r)
 	}
 }
 
-func (v *Verifier) waitArrived(t *testing.T, n int) bool {
-	t.Helper()
-	end := time.Now().Add(5 * time.Second)
-	for time.Now().Before(end) {
-		if v.Arrived() >= n {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
+// cutWhileSending is a disturbance for runFleet: it cuts the proxy's
+// connections n times, each after another 1/(n+1) of the fleet's readings
+// was acknowledged, so that every cut falls into traffic however fast or
+// slow the machine is. It counts its cuts in *cuts (read it after
+// runFleet returned).
+func cutWhileSending(p *bridgetest.Proxy, f *Fleet, n int, cuts *int) func(ctx context.Context) {
+	total := 0
+	for _, d := range f.Devices() {
+		total += d.cfg.Count
 	}
-	return false
+	return func(ctx context.Context) {
+		tick := time.NewTicker(5 * time.Millisecond) // polling pace, not a bound
+		defer tick.Stop()
+		for *cuts < n {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if int(f.Stats().Acked) >= total*(*cuts+1)/(n+1) {
+				p.Cut()
+				*cuts++
+			}
+		}
+	}
 }
 
 // TestRetransmitAfterCut: MQTT 3.1.1 and 5 devices publish through a proxy
@@ -143,7 +173,7 @@ func testRetransmitAfterCut(t *testing.T, qos byte) {
 	p.SetLatency(2 * time.Millisecond)
 	const devices, count = 3, 300
 	f, err := NewFleet(FleetOptions{
-		Devices: devices, Mix: []Protocol{MQTT311, MQTT5}, MQTTAddr: p.Addr(), Duration: 30 * time.Second, Drain: 10 * time.Second,
+		Devices: devices, Mix: []Protocol{MQTT311, MQTT5}, MQTTAddr: p.Addr(), Duration: fleetDuration, Drain: 10 * time.Second,
 		Logger: testLogger(t),
 		Template: DeviceConfig{QoS: qos, Rate: 300, Burst: 5, Count: count, Window: 16,
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 2 * time.Second},
@@ -153,19 +183,7 @@ func testRetransmitAfterCut(t *testing.T, qos byte) {
 	}
 	v := startVerifier(t, m.Addr(), f.RunID())
 	cuts := 0
-	r := runFleet(t, f, v, func(ctx context.Context) {
-		tick := time.NewTicker(150 * time.Millisecond)
-		defer tick.Stop()
-		for cuts < 8 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				p.Cut()
-				cuts++
-			}
-		}
-	})
+	r := runFleet(t, f, v, cutWhileSending(p, f, 8, &cuts))
 	st := f.Stats()
 	if st.Cuts == 0 || st.Connects <= devices {
 		t.Errorf("devices did not notice the %d cuts: %v", cuts, st)
@@ -186,8 +204,12 @@ func testRetransmitAfterCut(t *testing.T, qos byte) {
 func TestOfflineSpells(t *testing.T) {
 	m := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
 	f, err := NewFleet(FleetOptions{
-		Devices: 2, MQTTAddr: m.Addr(), Duration: 20 * time.Second, Drain: 5 * time.Second,
-		Template: DeviceConfig{QoS: 2, Rate: 200, Count: 150, Window: 4, OfflineEvery: 200 * time.Millisecond, OfflineFor: 100 * time.Millisecond},
+		Devices: 2, MQTTAddr: m.Addr(), Duration: fleetDuration, Drain: 5 * time.Second,
+		// Production takes at least 750ms (the rate): a slower machine only
+		// makes more spells. No duplicate is expected, so the ack timeout is
+		// a hang guard, lest a slow ack count as a stall and be re-sent.
+		Template: DeviceConfig{QoS: 2, Rate: 200, Count: 150, Window: 4, OfflineEvery: 200 * time.Millisecond, OfflineFor: 100 * time.Millisecond,
+			AckTimeout: testkit.Timeout(testkit.DefaultWait)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +244,12 @@ func (s *recordingSink) Submit(_ context.Context, m *message.Message) func() err
 
 func startSTOMP(t *testing.T, sink message.Sink) string {
 	t.Helper()
-	srv, err := stomp.NewServer(stomp.Options{Sink: sink, Auth: message.AllowAll{}})
+	core, err := ingest.New(ingest.Options{Sink: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(core.Close)
+	srv, err := stomp.NewServer(stomp.Options{Ingest: core, Auth: message.AllowAll{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,13 +260,19 @@ func startSTOMP(t *testing.T, sink message.Sink) string {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		guard := testkit.Timeout(testkit.DefaultWait) // hang guards
+		ctx, cancel := context.WithTimeout(context.Background(), guard)
 		defer cancel()
 		if err := srv.Close(ctx); err != nil {
 			t.Errorf("stomp close: %v", err)
 		}
-		if err := <-served; !errors.Is(err, stomp.ErrServerClosed) {
-			t.Errorf("stomp serve: %v", err)
+		select {
+		case err := <-served:
+			if !errors.Is(err, stomp.ErrServerClosed) {
+				t.Errorf("stomp serve: %v", err)
+			}
+		case <-time.After(guard):
+			t.Errorf("hang guard: stomp Serve did not return %v after Close", guard)
 		}
 	})
 	return ln.Addr().String()
@@ -260,7 +293,7 @@ func TestSTOMPDevices(t *testing.T) {
 	p.SetLatency(time.Millisecond)
 	const devices, count = 3, 200
 	f, err := NewFleet(FleetOptions{
-		Devices: devices, Mix: []Protocol{STOMP}, STOMPAddr: p.Addr(), RunID: run, Duration: 30 * time.Second, Drain: 10 * time.Second,
+		Devices: devices, Mix: []Protocol{STOMP}, STOMPAddr: p.Addr(), RunID: run, Duration: fleetDuration, Drain: 10 * time.Second,
 		Logger: testLogger(t),
 		Template: DeviceConfig{QoS: 1, Rate: 400, Burst: 5, Count: count, Window: 8, PayloadSize: 300,
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 2 * time.Second},
@@ -269,19 +302,7 @@ func TestSTOMPDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	cuts := 0
-	r := runFleet(t, f, v, func(ctx context.Context) {
-		tick := time.NewTicker(150 * time.Millisecond)
-		defer tick.Stop()
-		for cuts < 4 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				p.Cut()
-				cuts++
-			}
-		}
-	})
+	r := runFleet(t, f, v, cutWhileSending(p, f, 4, &cuts))
 	st := f.Stats()
 	if r.Acked != devices*count || !r.OK() || r.Lost != 0 || r.OrderViolations != 0 {
 		t.Errorf("report:\n%s", r)
@@ -297,14 +318,17 @@ func TestSTOMPDevices(t *testing.T) {
 }
 
 // TestStallDetected: the proxy blackholes the link (connections stay open,
-// no bytes flow); devices notice the missing acks within AckTimeout,
-// reconnect once the link heals, and lose nothing.
+// no bytes flow); devices notice the missing acks after AckTimeout,
+// reconnect once the link heals, and lose nothing. The blackhole starts
+// once every device has traffic acknowledged and lasts until the stalls
+// were detected and a reconnect into it failed: the outcome, not a time,
+// ends it.
 func TestStallDetected(t *testing.T) {
 	m := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
 	p := bridgetest.NewProxy(t, m.Addr())
 	const devices, count = 2, 200
 	f, err := NewFleet(FleetOptions{
-		Devices: devices, MQTTAddr: p.Addr(), Duration: 30 * time.Second, Drain: 10 * time.Second, Logger: testLogger(t),
+		Devices: devices, MQTTAddr: p.Addr(), Duration: fleetDuration, Drain: 10 * time.Second, Logger: testLogger(t),
 		Template: DeviceConfig{QoS: 1, Rate: 200, Burst: 5, Count: count, Window: 8, ConnectTimeout: 300 * time.Millisecond,
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, AckTimeout: 300 * time.Millisecond},
 	})
@@ -313,16 +337,41 @@ func TestStallDetected(t *testing.T) {
 	}
 	v := startVerifier(t, m.Addr(), f.RunID())
 	r := runFleet(t, f, v, func(ctx context.Context) {
-		select {
-		case <-ctx.Done():
+		// Polled at a pace that bounds nothing; the fleet's run is the
+		// hang guard (ctx ends with it).
+		until := func(cond func() bool) bool {
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for !cond() {
+				select {
+				case <-ctx.Done():
+					return false
+				case <-tick.C:
+				}
+			}
+			return true
+		}
+		if !until(func() bool {
+			for _, d := range f.Devices() {
+				if d.Stats().Acked < count/10 {
+					return false
+				}
+			}
+			return true
+		}) {
 			return
-		case <-time.After(300 * time.Millisecond):
 		}
 		p.Blackhole()
 		defer p.Heal()
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
+		guard := time.Now().Add(testkit.Timeout(testkit.DefaultWait))
+		if !until(func() bool {
+			st := f.Stats()
+			return (st.Cuts >= devices && st.ConnectErrors > 0) || time.Now().After(guard)
+		}) {
+			return
+		}
+		if st := f.Stats(); st.Cuts < devices || st.ConnectErrors == 0 {
+			t.Errorf("hang guard: blackholed for %v, stalls still not detected: %v", testkit.Timeout(testkit.DefaultWait), st)
 		}
 	})
 	st := f.Stats()

@@ -8,7 +8,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// mqttSession is one paho connection. Like the bridge (DESIGN.md §4) it uses
+// mqttSession is one paho connection. Like the bridge (docs/design.md §4) it uses
 // a fresh client per connection with CleanSession and no auto-reconnect:
 // the device, not paho's store, owns unacknowledged messages, so a lost
 // connection completes every pending token with an error and the device

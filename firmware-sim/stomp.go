@@ -49,6 +49,11 @@ func dialSTOMP(ctx context.Context, cfg DeviceConfig, topic string) (session, er
 		frame.AcceptVersion, "1.2,1.1",
 		frame.Host, "/",
 		frame.HeartBeat, "0,0")
+	if cfg.ClientID != "" {
+		// Names the device (ActiveMQ's client-id header): Ferry scopes
+		// dedupe keys and %c in ACLs by it, across reconnects.
+		connect.Header.Add("client-id", cfg.ClientID)
+	}
 	if cfg.Username != "" {
 		connect.Header.Add(frame.Login, cfg.Username)
 		connect.Header.Add(frame.Passcode, cfg.Password)

@@ -16,7 +16,7 @@ func reading(run, dev string, seq int64) Reading {
 	return Reading{ID: ReadingID(run, dev, seq), Run: run, Dev: dev, Seq: seq, TS: time.Unix(1000, 0).UnixNano()}
 }
 
-// envelope wraps payload as Ferry's bridge does (DESIGN.md §5).
+// envelope wraps payload as Ferry's bridge does (docs/design.md §5).
 func envelope(t *testing.T, id string, payload []byte, b64 bool) []byte {
 	t.Helper()
 	e := map[string]any{

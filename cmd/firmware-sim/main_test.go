@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/bridge/bridgetest"
+	"github.com/ferrymq/ferry/internal/testkit"
 )
 
 func TestBadFlags(t *testing.T) {
@@ -27,25 +28,35 @@ func TestBadFlags(t *testing.T) {
 // nothing, reports every acknowledged reading lost and exits 1.
 func TestRunAgainstMosquitto(t *testing.T) {
 	m := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	// The run ends when the 60 readings are acknowledged (and, with
+	// --settle, arrived): --duration (plus --drain) and the settle of the
+	// delivered case are hang guards only. In the lost case nothing can
+	// arrive on elsewhere/#, so its settle is waited out in full: short,
+	// and a slow machine cannot change its verdict.
+	guard := testkit.Timeout(testkit.DefaultWait)
 	tests := []struct {
 		name     string
 		filter   string
+		settle   time.Duration
 		wantCode int
 		want     []string
 	}{
-		{"delivered", "sensors/#", 0, []string{"verdict: OK", "acked: 60", "lost: 0", "order violations: 0"}},
-		{"lost", "elsewhere/#", 1, []string{"verdict: FAILED", "acked: 60", "lost: 60"}},
+		{"delivered", "sensors/#", guard, 0, []string{"verdict: OK", "acked: 60", "lost: 0", "order violations: 0"}},
+		{"lost", "elsewhere/#", 2 * time.Second, 1, []string{"verdict: FAILED", "acked: 60", "lost: 60"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*guard) // above duration+drain+settle
 			defer cancel()
 			var out, errOut bytes.Buffer
 			code := run(ctx, []string{
 				"--mqtt", m.Addr(), "--upstream", m.Addr(), "--filter", tc.filter,
 				"--devices", "3", "--count", "20", "--rate", "200", "--window", "4", "--qos", "1",
-				"--duration", "20s", "--drain", "2s", "--settle", "2s", "--progress", "100ms",
+				"--duration", guard.String(), "--drain", "2s", "--settle", tc.settle.String(), "--progress", "100ms",
 			}, &out, &errOut)
+			if ctx.Err() != nil {
+				t.Fatalf("hang guard: firmware-sim still running after %v (%s=%g)", 3*guard, testkit.ScaleEnv, testkit.Scale())
+			}
 			if code != tc.wantCode {
 				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.wantCode, out.String(), errOut.String())
 			}

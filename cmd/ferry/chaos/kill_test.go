@@ -1,0 +1,56 @@
+package chaos
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/gateway"
+)
+
+// testKills: the gateway is SIGKILLed at random moments while the devices
+// send, and started again on the same spool after a random pause. About a
+// third of the cycles run with the link down, so that the kill finds a
+// backlog on disk and the restart must deliver it; the others kill it
+// with messages in flight upstream, which come back as duplicates with
+// their original envelope id.
+func testKills(t *testing.T, c *campaign) {
+	p := c.phase(t)
+	r := newRig(p, rigOptions{})
+	l := r.startLoad(c.form.load)
+	for i := range c.form.kills {
+		linkDown := p.rng.Float64() < 0.3
+		if linkDown {
+			r.proxy.Refuse()
+			r.proxy.Cut()
+		}
+		up := p.between(300*time.Millisecond, 2*time.Second)
+		time.Sleep(up)
+		r.aliveOrFatal("SIGKILL it")
+		before, _ := r.gw.status()
+		r.gw.kill()
+		p.mu.Lock()
+		p.kills++
+		p.mu.Unlock()
+		down := p.between(0, 500*time.Millisecond)
+		time.Sleep(down)
+		if err := r.gw.start(true); err != nil {
+			p.fatal("restart %d of %d on the same spool (link down: %v, killed after %v up, %v down; last status before the kill: %s): %v",
+				i+1, c.form.kills, linkDown, up, down, brief(before), err)
+		}
+		if first := r.gw.firstStatus(); linkDown && before != nil && before.Spool != nil && first.Spool.Messages < before.Spool.Messages {
+			// The link was cut and refused since the start of the cycle,
+			// so nothing could leave the queue: a smaller backlog after
+			// the restart means stored messages vanished with the kill.
+			p.fail("kill %d with the link down: %d queued before the kill, %d after the restart", i+1, before.Spool.Messages, first.Spool.Messages)
+		}
+		if linkDown {
+			time.Sleep(p.between(0, time.Second))
+			r.proxy.Heal()
+		}
+	}
+	r.waitStatus(testkit60, "the link to come up after the last kill", func(st *gateway.Status) bool { return st.Link.State == gateway.LinkUp })
+	r.settle(l, settleOptions{})
+}
+
+// testkit60 is the usual hang guard for a state the gateway must reach.
+const testkit60 = 60 * time.Second
