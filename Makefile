@@ -4,10 +4,13 @@ GOBIN    := $(shell $(GO) env GOPATH)/bin
 LINT_VERSION := v2.15.0
 LINT     := $(GOBIN)/golangci-lint
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/ferrymq/ferry/gateway.Version=$(VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+# SOURCE_DATE_EPOCH (reproducible builds) wins over the clock.
+BUILD_DATE ?= $(shell date -u $${SOURCE_DATE_EPOCH:+-d @$$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS  := -s -w -X github.com/ferrymq/ferry/gateway.Version=$(VERSION) -X main.commit=$(COMMIT) -X main.buildDate=$(BUILD_DATE)
 FUZZTIME ?= 10s
 
-.PHONY: all build test test-short lint bench fuzz-smoke dist run clean tools
+.PHONY: all build test test-short test-arm chaos powercut lint bench bench-compare fuzz-smoke dist run clean tools
 
 all: build
 
@@ -18,6 +21,21 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+## test-arm: spool, message, STOMP and bridge tests for arm/v7, arm/v6, arm64 under qemu-user; dist binaries static
+test-arm:
+	./.ci/test-arm
+
+## chaos: the gateway-level proof campaign, full form (docs/chaos.md): SIGKILLs, link faults, disk full, damaged
+##   spool files against the real binary; prints the report (FERRY_CHAOS_SEED=N repeats a schedule)
+chaos:
+	@mkdir -p bin
+	@rm -f bin/chaos-report.txt
+	@echo "make chaos: the $${FERRY_CHAOS:-full} campaign (full: at most 15 minutes); log in bin/chaos.log"
+	@PATH="$$PATH:/usr/sbin" FERRY_CHAOS=$${FERRY_CHAOS:-full} FERRY_CHAOS_REPORT=$(CURDIR)/bin/chaos-report.txt \
+	  $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' ./cmd/ferry/chaos/ > bin/chaos.log 2>&1; \
+	  status=$$?; cat bin/chaos-report.txt 2>/dev/null || tail -50 bin/chaos.log; \
+	  if [ $$status -ne 0 ]; then echo "make chaos: FAILED (exit $$status); details in bin/chaos.log"; fi; exit $$status
 
 ## test-short: unit tests only, no real processes
 test-short:
@@ -34,12 +52,21 @@ lint: $(LINT)
 bench:
 	./.ci/bench
 
+## bench-compare: Ferry vs Mosquitto (bridge mode, persistence), end to end, same run; table in bin/bench-compare/
+##   (BENCH_QUICK=1: seconds; BENCH_FULL=1: also the 1M backlog; BENCH_RUNS=N; see docs/benchmarks.md)
+bench-compare:
+	PATH="$$PATH:/usr/sbin" $(GO) run ./cmd/bench-compare -out bin/bench-compare
+
 ## fuzz-smoke: run every fuzzer for FUZZTIME each
 fuzz-smoke:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
+
+## powercut: the spool's power-cut test, long form (800 crash images per durability mode; make test runs 64)
+powercut:
+	FERRY_POWERCUT=long $(GO) test -count=1 -timeout 30m -run 'TestPowerCut$$' -v ./spool/
 
 ## dist: static binaries for the edge targets
 dist:
