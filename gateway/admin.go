@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -108,6 +109,9 @@ func deadLettersOf(dl []spool.DeadLetter) []DeadLetter {
 // AdminOptions say how to log in to a running gateway's HTTP API when it
 // has listeners.http.auth. Nothing set: no login is sent.
 type AdminOptions struct {
+	// Upstream names the spool: "" or "main" the gateway's, else the
+	// upstreams entry's own file.
+	Upstream string
 	Token    string // bearer token; wins over Password
 	Username string // basic; "": listeners.http.auth.username
 	Password string // basic
@@ -122,9 +126,16 @@ var ErrHTTPLogin = errors.New("the gateway's HTTP API refused the login (listene
 // loopback connection or a login). The error names the file and the way
 // out when neither works.
 func OpenSpoolAdmin(cfg *config.Config, o AdminOptions) (SpoolAdmin, error) {
-	opts := cfg.SpoolOptions(nil)
+	path, opts, api := cfg.Spool.Path, cfg.SpoolOptions(nil), ""
+	if o.Upstream != "" && o.Upstream != config.MainUpstream {
+		i := slices.Index(cfg.UpstreamNames(), o.Upstream) - 1
+		if i < 0 {
+			return nil, fmt.Errorf("no upstream named %q (have %s)", o.Upstream, strings.Join(cfg.UpstreamNames(), ", "))
+		}
+		path, opts, api = cfg.UpstreamSpoolPath(i), cfg.UpstreamSpoolOptions(i, nil), "/api/upstreams/"+o.Upstream
+	}
 	opts.LockTimeout = 200 * time.Millisecond
-	s, err := spool.Open(cfg.Spool.Path, opts)
+	s, err := spool.Open(path, opts)
 	if err == nil {
 		return fileAdmin{s}, nil
 	}
@@ -135,7 +146,7 @@ func OpenSpoolAdmin(cfg *config.Config, o AdminOptions) (SpoolAdmin, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("%w; the gateway holding it has no HTTP listener: stop it to work on the file", err)
 	}
-	h := &httpAdmin{base: "http://" + loopbackDial(addr), client: &http.Client{Timeout: 10 * time.Minute}}
+	h := &httpAdmin{base: "http://" + loopbackDial(addr), api: api, client: &http.Client{Timeout: 10 * time.Minute}}
 	if t := cfg.ListenerTLS("http"); t != nil {
 		tc, err := pinnedTLS(t.CertFile)
 		if err != nil {
@@ -214,12 +225,18 @@ func (f fileAdmin) Where() string { return f.Path() }
 // httpAdmin talks to the running gateway's /api/spool endpoints.
 type httpAdmin struct {
 	base   string
+	api    string // "" for the main spool, /api/upstreams/NAME for an upstream's
 	auth   string // Authorization header, "" for none
 	client *http.Client
 }
 
-func (h *httpAdmin) Where() string { return "the running gateway at " + h.base }
-func (h *httpAdmin) Close() error  { return nil }
+func (h *httpAdmin) Where() string {
+	if h.api != "" {
+		return "the running gateway at " + h.base + " (" + strings.TrimPrefix(h.api, "/api/") + ")"
+	}
+	return "the running gateway at " + h.base
+}
+func (h *httpAdmin) Close() error { return nil }
 
 func (h *httpAdmin) do(ctx context.Context, method, path string, body, out any) error {
 	var r io.Reader
@@ -229,6 +246,9 @@ func (h *httpAdmin) do(ctx context.Context, method, path string, body, out any) 
 			return err
 		}
 		r = bytes.NewReader(b)
+	}
+	if h.api != "" {
+		path = h.api + strings.TrimPrefix(path, "/api") // /api/upstreams/NAME/spool/…
 	}
 	req, err := http.NewRequestWithContext(ctx, method, h.base+path, r)
 	if err != nil {

@@ -66,6 +66,7 @@ type Gateway struct {
 	stWS    *http.Server // the stomp_websocket listener, or nil
 	stWSLn  net.Listener
 	br      *bridge.Bridge
+	ups     []*upstream   // main (sp, br) first, then the upstreams entries
 	down    *downlane     // the downstream lane, or nil without bridge.downstream
 	up      *mochi.Server // the embedded development upstream, or nil
 	httpSrv *http.Server
@@ -106,13 +107,20 @@ func New(cfg *config.Config, o Options) (*Gateway, error) {
 	if rep := g.sp.Salvaged(); rep != nil {
 		log.Warn("spool was damaged and has been salvaged", "kept", rep.Kept, "lost", rep.LostText(), "damaged_file", rep.Damaged)
 	}
+	g.ups = []*upstream{{name: config.MainUpstream, sp: g.sp}}
+	if err := g.openUpstreams(); err != nil {
+		_ = g.sp.Close()
+		return nil, err
+	}
 	if len(cfg.Bridge.Downstream) > 0 {
 		if g.down, err = openDownlane(cfg, log); err != nil {
+			_ = g.closeUpstreams()
 			_ = g.sp.Close()
 			return nil, err
 		}
 	}
 	if err := g.build(); err != nil {
+		_ = g.closeUpstreams()
 		_ = g.sp.Close()
 		if g.down != nil {
 			_ = g.down.sp.Close()
@@ -132,19 +140,29 @@ func dirOf(p string) string {
 func (g *Gateway) build() error {
 	cfg := g.cfg
 	var err error
+	so := spoolsink.Options{
+		OnAccepted: func(m *message.Message) { g.metrics.ObserveAccepted(m.Source.Protocol.String(), m.Priority) },
+		OnDuplicate: func(m *message.Message) {
+			rt := g.router.Route(m.Topic)
+			g.metrics.ObserveDuplicate(rt.Name, dedupeReason(rt.Dedupe.Kind))
+			g.dupLog.Do(func() {
+				g.log.Info("duplicate acknowledged, not stored again (a retransmit, or the route's dedupe key seen inside spool.dedupe_window)",
+					"topic", m.Topic, "client_id", m.Source.ClientID, "msg_id", m.ID, "duplicates_total", g.sp.Stats().Duplicates)
+			})
+		},
+		Retained: cfg.State.Persist,
+	}
+	mainUp := g.ups[0]
+	mainUp.sink, mainUp.quiet = spoolsink.New(g.sp, so), spoolsink.New(g.sp, spoolsink.Options{Retained: so.Retained})
+	var sink message.Sink = mainUp.sink
+	if len(g.ups) > 1 {
+		if err := g.buildUpstreams(so); err != nil {
+			return err
+		}
+		sink = newFanSink(g.router, g.ups, so)
+	}
 	g.core, err = ingest.New(ingest.Options{
-		Sink: spoolsink.New(g.sp, spoolsink.Options{
-			OnAccepted: func(m *message.Message) { g.metrics.ObserveAccepted(m.Source.Protocol.String(), m.Priority) },
-			OnDuplicate: func(m *message.Message) {
-				rt := g.router.Route(m.Topic)
-				g.metrics.ObserveDuplicate(rt.Name, dedupeReason(rt.Dedupe.Kind))
-				g.dupLog.Do(func() {
-					g.log.Info("duplicate acknowledged, not stored again (a retransmit, or the route's dedupe key seen inside spool.dedupe_window)",
-						"topic", m.Topic, "client_id", m.Source.ClientID, "msg_id", m.ID, "duplicates_total", g.sp.Stats().Duplicates)
-				})
-			},
-			Retained: cfg.State.Persist,
-		}),
+		Sink:    sink,
 		Router:  g.router,
 		LinkUp:  g.linkUp.Load,
 		Timeout: cfg.Limits.MQTT.AcceptTimeout.D(),
@@ -195,6 +213,7 @@ func (g *Gateway) build() error {
 	if g.br, err = bridge.New(g.sp, bo); err != nil {
 		return err
 	}
+	mainUp.br = g.br
 
 	g.metrics = NewMetrics(MetricsOptions{
 		GatewayID:        cfg.GatewayID,
@@ -209,10 +228,18 @@ func (g *Gateway) build() error {
 		MaxByteRate:      float64(cfg.Bridge.MaxRate.Bytes),
 		Salvage:          g.sp.Stats().Salvage, // kept in the file: the last salvage, also after restarts
 		Logins:           g.auth.Stats,
+		Upstreams:        g.upstreamStatus,
 	})
 	if g.mq != nil && cfg.State.Persist {
 		g.metrics.Registry().MustRegister(stateCollector{mq: g.mq, sp: g.sp})
 	}
+	g.metrics.Registry().MustRegister(upstreamCollector{ups: g.ups, now: func() float64 { return float64(time.Now().UnixNano()) / 1e9 },
+		maxBytes: func(i int) int64 {
+			if i == 0 {
+				return int64(cfg.Spool.MaxBytes)
+			}
+			return int64(cfg.Upstreams[i-1].Spool.MaxBytes)
+		}})
 	return nil
 }
 
@@ -223,6 +250,9 @@ func (g *Gateway) build() error {
 // Nothing acknowledged is lost.
 func (g *Gateway) Run(ctx context.Context) (err error) {
 	defer func() {
+		if cerr := g.closeUpstreams(); err == nil && cerr != nil {
+			err = cerr
+		}
 		if cerr := g.sp.Close(); err == nil && cerr != nil {
 			err = cerr
 		}
@@ -239,8 +269,18 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		defer func() { _ = g.up.Close() }()
 	}
 	brCtx, stopBridge := context.WithCancel(context.Background())
-	brDone := make(chan error, 1)
+	// One result per bridge: main's and every upstreams entry's.
+	brDone := make(chan error, len(g.ups))
 	go func() { brDone <- g.br.Run(brCtx) }()
+	for _, u := range g.ups[1:] {
+		go func() {
+			if err := u.br.Run(brCtx); err != nil && !errors.Is(err, context.Canceled) {
+				brDone <- fmt.Errorf("upstream %s: %w", u.name, err)
+				return
+			}
+			brDone <- nil
+		}()
+	}
 	go g.watchLink(brCtx)
 	// The sampler behind the status page's rates, history and outages; it
 	// stops before the bridge, so that the shutdown is not an outage.
@@ -251,10 +291,13 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		stopSampler()
 		<-smpDone
 		stopBridge()
-		if err := <-brDone; err != nil && !errors.Is(err, context.Canceled) {
-			return err
+		var first error
+		for range g.ups {
+			if err := <-brDone; err != nil && !errors.Is(err, context.Canceled) && first == nil {
+				first = err
+			}
 		}
-		return nil
+		return first
 	}
 
 	if err := g.startListeners(); err != nil {
@@ -411,7 +454,11 @@ func (g *Gateway) startHTTP() error {
 		ln = tls.NewListener(ln, tc)
 	}
 	g.httpLn = ln
-	h := NewHTTPHandler(HTTPOptions{Metrics: g.metrics, Ready: g.readyErr, Spool: g.sp, Listener: g.cfg.Listeners.HTTP, Logger: g.log})
+	ups := map[string]*spool.Spool{}
+	for _, u := range g.ups[1:] {
+		ups[u.name] = u.sp
+	}
+	h := NewHTTPHandler(HTTPOptions{Metrics: g.metrics, Ready: g.readyErr, Spool: g.sp, Upstreams: ups, Listener: g.cfg.Listeners.HTTP, Logger: g.log})
 	g.httpSrv = NewHTTPServer(addr, h, g.log)
 	g.log.Info("http listening", "component", "http", "listener", "http", "addr", ln.Addr().String(), "auth", cmp.Or(g.cfg.Listeners.HTTP.Auth.Scheme(), "none"))
 	go func() {
@@ -495,6 +542,9 @@ func (g *Gateway) Reload(path string) error {
 	// then routes keep resolving {gateway_id} to the running one.
 	newID := cfg.GatewayID
 	cfg.GatewayID = g.cfg.GatewayID
+	if err := checkUpstreams(cfg, g.upstreamNames()); err != nil {
+		return err
+	}
 	if err := g.auth.Reload(cfg); err != nil {
 		return err
 	}

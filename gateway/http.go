@@ -50,6 +50,21 @@ type Status struct {
 	// (nil: it was not): its fields as the spool reports them, in
 	// snake_case (e.g. kept, lost, damaged, cause, completed).
 	Salvage map[string]any `json:"salvage,omitempty"`
+	// Upstreams are the upstreams, main first, when there are several
+	// (upstreams in the configuration); absent with one.
+	Upstreams []UpstreamStatus `json:"upstreams,omitempty"`
+}
+
+// UpstreamStatus is one upstream's share: its link and its spool's queue.
+type UpstreamStatus struct {
+	Name             string  `json:"name"`
+	Link             string  `json:"link"` // up | connecting | down | ... (bridge.LinkState)
+	Queued           int64   `json:"queued_messages"`
+	QueuedBytes      int64   `json:"queued_bytes"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	Acked            uint64  `json:"acked"`
+	Dropped          uint64  `json:"dropped"` // expired and overflow drops
+	DeadLetters      int64   `json:"dead_letters"`
 }
 
 // LinkStatus summarises the upstream connections.
@@ -152,6 +167,11 @@ func (m *Metrics) Status() Status {
 		Salvage:       salvageFields(m.opts.Salvage),
 	}
 	st.Link.MaxRate = Pacing{MessagesPerSecond: m.opts.MaxRate, BytesPerSecond: m.opts.MaxByteRate}
+	if m.opts.Upstreams != nil {
+		if ups := m.opts.Upstreams(); len(ups) > 1 {
+			st.Upstreams = ups
+		}
+	}
 	if m.opts.Bridge != nil {
 		b := m.opts.Bridge()
 		l := &st.Link
@@ -272,6 +292,9 @@ type HTTPOptions struct {
 	// Spool, when set, is served under /api/spool/ for `ferry spool`
 	// against a running gateway.
 	Spool *spool.Spool
+	// Upstreams are the spools of the upstreams entries by name, served
+	// under /api/upstreams/NAME/spool/ alike.
+	Upstreams map[string]*spool.Spool
 	// Listener is the HTTP listener's configuration: the host names it
 	// answers to and its login (listeners.http). The zero value answers to
 	// loopback names and IP addresses, without a login.
@@ -350,6 +373,17 @@ func NewHTTPHandler(o HTTPOptions) http.Handler {
 	g := newHTTPGuard(o.Listener, log)
 	if o.Spool != nil {
 		mux.Handle("/api/spool/", spoolAPI(o.Spool, g))
+	}
+	for name, sp := range o.Upstreams {
+		// /api/upstreams/NAME/spool/… is /api/spool/… on NAME's spool.
+		prefix := "/api/upstreams/" + name
+		api := spoolAPI(sp, g)
+		mux.HandleFunc(prefix+"/spool/", func(w http.ResponseWriter, r *http.Request) {
+			r2 := r.Clone(r.Context())
+			r2.URL.Path = "/api" + strings.TrimPrefix(r.URL.Path, prefix)
+			r2.URL.RawPath = ""
+			api.ServeHTTP(w, r2)
+		})
 	}
 	g.next = mux
 	return g

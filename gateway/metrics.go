@@ -97,7 +97,10 @@ type MetricsOptions struct {
 	// SampleEvery is the sampler's tick (Run); default DefaultSampleEvery.
 	SampleEvery time.Duration
 	Logins      func() LoginStats
-	Now         func() time.Time // nil: time.Now
+	// Upstreams lists every upstream (main first) for the status; nil or
+	// one entry: not shown.
+	Upstreams func() []UpstreamStatus
+	Now       func() time.Time // nil: time.Now
 }
 
 // Metrics owns the gateway's Prometheus registry (its own, not the global

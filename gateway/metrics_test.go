@@ -411,6 +411,7 @@ func TestMetricsDoc(t *testing.T) {
 	// the MQTT server): its names from its descriptions.
 	descs := make(chan *prometheus.Desc, 64)
 	stateCollector{}.Describe(descs)
+	upstreamCollector{}.Describe(descs) // registered by the gateway too
 	close(descs)
 	for d := range descs {
 		n := regexp.MustCompile(`fqName: "([a-z0-9_]+)"`).FindStringSubmatch(d.String())[1]

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/ferrymq/ferry/gateway/config"
@@ -26,9 +28,10 @@ type routeTable struct {
 }
 
 type compiledRoute struct {
-	filter string // MQTT filter; "" for the default route
-	route  message.Route
-	topic  config.Template
+	filter    string // MQTT filter; "" for the default route
+	route     message.Route
+	topic     config.Template
+	upstreams []string // the route's upstreams (config.MainUpstream first if named)
 }
 
 // NewRouter builds a Router from c's routes and default route. c must be
@@ -95,13 +98,58 @@ func compileRoute(rc *config.RouteConfig, name, gatewayID string) (compiledRoute
 		UpstreamRetain: rc.UpstreamRetain,
 		LocalOnly:      rc.LocalOnly,
 		QoS0:           rc.QoS0WhenOffline.Message(),
-	}}
+	}, upstreams: slices.Clone(rc.Upstreams)}
 	if !rc.LocalOnly {
 		if cr.topic, err = config.ParseTemplate(rc.UpstreamTopic, gatewayID); err != nil {
 			return compiledRoute{}, fmt.Errorf("upstream_topic: %w", err)
 		}
 	}
 	return cr, nil
+}
+
+func (r *Router) match(topic string) *compiledRoute {
+	t := r.table.Load()
+	for i := range t.routes {
+		if message.Match(t.routes[i].filter, topic) {
+			return &t.routes[i]
+		}
+	}
+	return &t.def
+}
+
+// Upstreams returns the names of the upstreams topic's route sends to, and
+// the route's name. The slice is shared: do not modify it.
+func (r *Router) Upstreams(topic string) (names []string, route string) {
+	cr := r.match(topic)
+	return cr.upstreams, cr.route.Name
+}
+
+// checkUpstreams returns an error when a route of c names an upstream that
+// is not in running.
+func checkUpstreams(c *config.Config, running []string) error {
+	check := func(name string, rc *config.RouteConfig) error {
+		for _, u := range rc.Upstreams {
+			if !slices.Contains(running, u) {
+				return fmt.Errorf("gateway: route %s: upstream %q is not running (the running ones: %s): adding an upstream needs a restart", name, u, strings.Join(running, ", "))
+			}
+		}
+		return nil
+	}
+	for i := range c.Routes {
+		name := c.Routes[i].Name
+		if name == "" {
+			name = fmt.Sprintf("routes[%d]", i)
+		}
+		if !c.Routes[i].LocalOnly {
+			if err := check(name, &c.Routes[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if c.DefaultRoute.LocalOnly {
+		return nil
+	}
+	return check("default", &c.DefaultRoute)
 }
 
 // Routes lists the routes in match order, the default route last.
@@ -127,14 +175,7 @@ func dedupeReason(k message.DedupeKind) string {
 // Route returns the route of topic (an MQTT topic name) with its upstream
 // topic resolved.
 func (r *Router) Route(topic string) message.Route {
-	t := r.table.Load()
-	cr := &t.def
-	for i := range t.routes {
-		if message.Match(t.routes[i].filter, topic) {
-			cr = &t.routes[i]
-			break
-		}
-	}
+	cr := r.match(topic)
 	rt := cr.route
 	if !rt.LocalOnly {
 		rt.UpstreamTopic = cr.topic.Render(topic)

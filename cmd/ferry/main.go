@@ -10,6 +10,7 @@
 //	ferry spool dlq requeue|purge -c FILE (-all | ID…)
 //	ferry spool replay -since DURATION -c FILE
 //	ferry spool compact -c FILE
+//	(every spool command: -upstream NAME for the spool of an upstreams entry)
 //
 // The spool commands work on the spool file when the gateway is stopped and
 // through the running gateway's HTTP API when it holds the file; with
@@ -72,6 +73,7 @@ commands:
   spool dlq purge -c FILE (-all | ID…)
   spool replay -c FILE -since DURATION
   spool compact -c FILE
+  (spool commands: -upstream NAME works on that upstreams entry's spool)
 
 The spool commands reach a running gateway through its HTTP API; with
 listeners.http.auth they log in with FERRY_HTTP_PASSWORD (user:
@@ -423,6 +425,7 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 	all := fs.Bool("all", false, "dlq requeue/purge: every dead letter (without ids or -all they refuse)")
 	since := fs.Duration("since", 0, "replay: re-enqueue delivered messages accepted within this `duration` (e.g. 2h)")
 	max := fs.Int("max", 100, "dlq ls: list at most this many")
+	upstream := fs.String("upstream", "", "the spool of this `name` from upstreams (default: main, the bridge section's)")
 	pos, code, ok := parseArgs(fs, args[1:])
 	if !ok {
 		return code
@@ -441,7 +444,9 @@ func cmdSpool(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	adm, err := gateway.OpenSpoolAdmin(cfg, adminLogin())
+	login := adminLogin()
+	login.Upstream = *upstream
+	adm, err := gateway.OpenSpoolAdmin(cfg, login)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry: %v\n", err)
 		if errors.Is(err, gateway.ErrHTTPLogin) {

@@ -31,7 +31,11 @@ type Config struct {
 	// DefaultRoute applies to topics no route matches. Its match is unused.
 	DefaultRoute RouteConfig  `yaml:"default_route"`
 	Bridge       BridgeConfig `yaml:"bridge"`
-	State        StateConfig  `yaml:"state"` // local MQTT state across restarts (state.go)
+	// Upstreams are further upstreams besides bridge (named "main"), each
+	// with its own spool file and bridge; a route sends to the ones its
+	// upstreams key names (upstreams.go).
+	Upstreams []UpstreamConfig `yaml:"upstreams"`
+	State     StateConfig      `yaml:"state"` // local MQTT state across restarts (state.go)
 
 	file string              // name used in problems
 	pos  map[string]Position // field path → position of its key
@@ -215,6 +219,11 @@ type RouteConfig struct {
 	UpstreamRetain  bool       `yaml:"upstream_retain"`   // carry the device's retain flag upstream; default false
 	QoS0WhenOffline QoS0Policy `yaml:"qos0_when_offline"` // spool | drop; default spool
 	LocalOnly       bool       `yaml:"local_only"`        // never spooled or bridged
+	// Upstreams names the upstreams the route's messages go to: "main"
+	// (the bridge section) and the names of upstreams entries. Each keeps
+	// its own copy until it acknowledged it. Default [main]; an empty
+	// list is refused (local_only: true is the route that goes nowhere).
+	Upstreams []string `yaml:"upstreams"`
 }
 
 func (r *RouteConfig) setDefaults() { *r = DefaultRouteConfig() }
@@ -227,6 +236,7 @@ func DefaultRouteConfig() RouteConfig {
 		UpstreamTopic:   "sites/{gateway_id}/{topic}",
 		UpstreamQoS:     1,
 		QoS0WhenOffline: QoS0Spool,
+		Upstreams:       []string{MainUpstream},
 	}
 }
 

@@ -224,9 +224,12 @@ func (c *Config) UpstreamBrokers() []string {
 // configuration loaded when a broker URL or bridge.tls asks for it. The
 // caller sets Retain, DownstreamSink, OnDelivered and Logger.
 func (c *Config) BridgeOptions() (bridge.Options, error) {
-	bc := c.Bridge
+	return c.bridgeOptions(c.Bridge, c.UpstreamBrokers(), c.DownstreamRoutes())
+}
+
+func (c *Config) bridgeOptions(bc BridgeConfig, brokers []string, downstream []bridge.DownstreamRoute) (bridge.Options, error) {
 	o := bridge.Options{
-		Brokers:        c.UpstreamBrokers(),
+		Brokers:        brokers,
 		Protocol:       bc.Protocol,
 		FailbackAfter:  bc.FailbackAfter.D(),
 		QoS0:           true,
@@ -247,7 +250,7 @@ func (c *Config) BridgeOptions() (bridge.Options, error) {
 		MaxRate:        bc.MaxRate.Messages,
 		MaxByteRate:    float64(bc.MaxRate.Bytes),
 		Format:         bc.Format.Bridge(),
-		Downstream:     c.DownstreamRoutes(),
+		Downstream:     downstream,
 	}
 	if needsTLS(o.Brokers) || bc.TLS.CAFile != "" || bc.TLS.CertFile != "" {
 		tc, err := bridge.LoadTLS(bridge.TLSFiles{CAFile: bc.TLS.CAFile, CertFile: bc.TLS.CertFile, KeyFile: bc.TLS.KeyFile, ServerName: bc.TLS.ServerName})

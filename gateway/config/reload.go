@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 
 	"go.yaml.in/yaml/v4"
@@ -58,6 +59,12 @@ func (c *Config) EffectiveYAML() ([]byte, error) {
 	}
 	if cp.Bridge.Password != "" {
 		cp.Bridge.Password = Redacted
+	}
+	cp.Upstreams = slices.Clone(c.Upstreams)
+	for i := range cp.Upstreams {
+		if cp.Upstreams[i].Bridge.Password != "" {
+			cp.Upstreams[i].Bridge.Password = Redacted
+		}
 	}
 	for _, s := range []*string{&cp.Listeners.HTTP.Auth.PasswordHash, &cp.Listeners.HTTP.Auth.TokenHash} {
 		if *s != "" {

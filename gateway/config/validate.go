@@ -492,7 +492,7 @@ func (c *Config) validateRoute(v *validator, p string, r *RouteConfig) {
 	v.intRange(p+".upstream_qos", r.UpstreamQoS, 0, 1)
 	v.check(p+".qos0_when_offline", r.QoS0WhenOffline)
 	if r.LocalOnly {
-		for _, k := range []string{"upstream_topic", "upstream_qos", "upstream_retain", "ttl", "dedupe", "qos0_when_offline"} {
+		for _, k := range []string{"upstream_topic", "upstream_qos", "upstream_retain", "ttl", "dedupe", "qos0_when_offline", "upstreams"} {
 			if v.set(p + "." + k) {
 				v.addf(p+"."+k, "has no effect with local_only: true (local-only messages are never spooled)")
 			}
@@ -502,89 +502,96 @@ func (c *Config) validateRoute(v *validator, p string, r *RouteConfig) {
 	if _, err := ParseTemplate(r.UpstreamTopic, c.GatewayID); err != nil {
 		v.addf(p+".upstream_topic", "%v", err)
 	}
+	c.validateRouteUpstreams(v, p, r)
 }
 
 var upstreamSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true, "nats": true}
 
 func (c *Config) validateBridge(v *validator) {
-	b := &c.Bridge
+	c.validateBridgeBlock(v, "bridge", &c.Bridge)
+	v.downstream(c)
+	c.validateUpstreams(v)
+}
+
+// validateBridgeBlock checks one bridge block (the bridge section, or an
+// upstreams entry's bridge) whose keys are under p.
+func (c *Config) validateBridgeBlock(v *validator, p string, b *BridgeConfig) {
 	switch {
 	case len(b.Upstream) == 0:
-		v.addf("bridge.upstream", "required: broker URL(s) such as tls://broker.example.com:8883, or embedded for development")
+		v.addf(p+".upstream", "required: broker URL(s) such as tls://broker.example.com:8883, or embedded for development")
 	case b.IsEmbedded():
 		if err := checkHostPort(b.EmbeddedAddress); err != nil {
-			v.addf("bridge.embedded_address", "%v", err)
+			v.addf(p+".embedded_address", "%v", err)
 		} else if !IsLoopback(b.EmbeddedAddress) {
-			v.addf("bridge.embedded_address", "must be a loopback address (got %q)", b.EmbeddedAddress)
+			v.addf(p+".embedded_address", "must be a loopback address (got %q)", b.EmbeddedAddress)
 		}
 	default:
 		for i, u := range b.Upstream {
-			p := fmt.Sprintf("bridge.upstream[%d]", i)
+			up := fmt.Sprintf("%s.upstream[%d]", p, i)
 			if len(b.Upstream) == 1 {
-				p = "bridge.upstream"
+				up = p + ".upstream"
 			}
 			if u == Embedded {
-				v.addf(p, "embedded cannot be combined with other upstreams")
+				v.addf(up, "embedded cannot be combined with other upstreams")
 				continue
 			}
 			if err := checkUpstreamURL(u); err != nil {
-				v.addf(p, "%v", err)
+				v.addf(up, "%v", err)
 			}
 		}
 	}
 	if nats := strings.HasPrefix(firstOr(b.Upstream), "nats://"); nats || b.JetStream.Stream != "" || b.JetStream.SubjectPrefix != "" {
 		for i, u := range b.Upstream {
 			if strings.HasPrefix(u, "nats://") != nats {
-				v.addf(fmt.Sprintf("bridge.upstream[%d]", i), "NATS (nats://) and MQTT upstreams cannot be mixed (got %q)", u)
+				v.addf(fmt.Sprintf("%s.upstream[%d]", p, i), "NATS (nats://) and MQTT upstreams cannot be mixed (got %q)", u)
 			}
 		}
 		if !nats {
-			v.addf("bridge.jetstream", "only for a nats:// upstream")
+			v.addf(p+".jetstream", "only for a nats:// upstream")
 		}
 		if nats && len(b.Downstream) > 0 {
-			v.addf("bridge.downstream", "not supported on a JetStream (nats://) upstream")
+			v.addf(p+".downstream", "not supported on a JetStream (nats://) upstream")
 		}
-		if p := b.JetStream.SubjectPrefix; p != "" && (strings.ContainsAny(p, " \t*>") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..")) {
-			v.addf("bridge.jetstream.subject_prefix", "must be NATS subject tokens without wildcards or spaces, such as ferry.site1 (got %q)", p)
+		if sp := b.JetStream.SubjectPrefix; sp != "" && (strings.ContainsAny(sp, " \t*>") || strings.HasPrefix(sp, ".") || strings.HasSuffix(sp, ".") || strings.Contains(sp, "..")) {
+			v.addf(p+".jetstream.subject_prefix", "must be NATS subject tokens without wildcards or spaces, such as ferry.site1 (got %q)", sp)
 		}
 	}
 	if b.FailbackAfter < 0 {
-		v.addf("bridge.failback_after", "must not be negative (got %s)", b.FailbackAfter)
+		v.addf(p+".failback_after", "must not be negative (got %s)", b.FailbackAfter)
 	}
 	if b.Protocol != 4 && b.Protocol != 5 {
-		v.addf("bridge.protocol", "must be 4 (MQTT 3.1.1) or 5 (MQTT 5) (got %d)", b.Protocol)
+		v.addf(p+".protocol", "must be 4 (MQTT 3.1.1) or 5 (MQTT 5) (got %d)", b.Protocol)
 	}
 	if (b.TLS.CertFile == "") != (b.TLS.KeyFile == "") {
-		v.addf("bridge.tls", "cert_file and key_file go together (got only one)")
+		v.addf(p+".tls", "cert_file and key_file go together (got only one)")
 	}
 	if tmpl := strings.ReplaceAll(b.ClientID, "{gateway_id}", ""); strings.ContainsAny(tmpl, "{}") {
-		v.addf("bridge.client_id", "unknown placeholder: only {gateway_id} (got %q)", b.ClientID)
+		v.addf(p+".client_id", "unknown placeholder: only {gateway_id} (got %q)", b.ClientID)
 	} else if b.ClientID == "" {
-		v.addf("bridge.client_id", "required")
+		v.addf(p+".client_id", "required")
 	}
 	if b.Keepalive < Duration(time.Second) || b.Keepalive > Duration(65535*time.Second) {
-		v.addf("bridge.keepalive", "must be 1s..18h12m15s (got %s)", b.Keepalive)
+		v.addf(p+".keepalive", "must be 1s..18h12m15s (got %s)", b.Keepalive)
 	}
-	v.positive("bridge.connect_timeout", b.ConnectTimeout)
-	v.intRange("bridge.window", b.Window, 1, 65535)
-	v.intRange("bridge.partitions", b.Partitions, 1, 64)
-	v.positive("bridge.backoff.base", b.Backoff.Base)
+	v.positive(p+".connect_timeout", b.ConnectTimeout)
+	v.intRange(p+".window", b.Window, 1, 65535)
+	v.intRange(p+".partitions", b.Partitions, 1, 64)
+	v.positive(p+".backoff.base", b.Backoff.Base)
 	if b.Backoff.Max < b.Backoff.Base {
-		v.addf("bridge.backoff.max", "must be at least backoff.base (%s < %s)", b.Backoff.Max, b.Backoff.Base)
+		v.addf(p+".backoff.max", "must be at least backoff.base (%s < %s)", b.Backoff.Max, b.Backoff.Base)
 	}
-	v.positive("bridge.stable_after", b.StableAfter)
-	v.positive("bridge.stall_timeout", b.StallTimeout)
+	v.positive(p+".stable_after", b.StableAfter)
+	v.positive(p+".stall_timeout", b.StallTimeout)
 	if b.StallTimeout >= c.Spool.LeaseTimeout && b.StallTimeout > 0 {
-		v.addf("bridge.stall_timeout", "must be less than spool.lease_timeout (%s >= %s): leases would expire before a stall is detected", b.StallTimeout, c.Spool.LeaseTimeout)
+		v.addf(p+".stall_timeout", "must be less than spool.lease_timeout (%s >= %s): leases would expire before a stall is detected", b.StallTimeout, c.Spool.LeaseTimeout)
 	}
 	if b.MaxAttempts < 4 {
-		v.addf("bridge.max_attempts", "must be at least 4 (got %d)", b.MaxAttempts)
+		v.addf(p+".max_attempts", "must be at least 4 (got %d)", b.MaxAttempts)
 	}
 	if b.MaxRate.Messages < 0 {
-		v.addf("bridge.max_rate.messages", "must not be negative (got %g)", b.MaxRate.Messages)
+		v.addf(p+".max_rate.messages", "must not be negative (got %g)", b.MaxRate.Messages)
 	}
-	v.check("bridge.format", b.Format)
-	v.downstream(c)
+	v.check(p+".format", b.Format)
 }
 
 func firstOr(s []string) string {
@@ -658,12 +665,16 @@ func (c *Config) CheckFiles() error {
 		pair(l.path+".tls", l.tls.CertFile, l.tls.KeyFile)
 		pool(l.path+".tls.client_ca_file", l.tls.ClientCAFile)
 	}
-	if !c.Bridge.IsEmbedded() {
-		check("bridge.tls.ca_file", c.Bridge.TLS.CAFile)
-		check("bridge.tls.cert_file", c.Bridge.TLS.CertFile)
-		check("bridge.tls.key_file", c.Bridge.TLS.KeyFile)
-		pair("bridge.tls", c.Bridge.TLS.CertFile, c.Bridge.TLS.KeyFile)
-		pool("bridge.tls.ca_file", c.Bridge.TLS.CAFile)
+	for _, b := range c.bridgeBlocks() {
+		if b.bc.IsEmbedded() {
+			continue
+		}
+		t := b.bc.TLS
+		check(b.path+".tls.ca_file", t.CAFile)
+		check(b.path+".tls.cert_file", t.CertFile)
+		check(b.path+".tls.key_file", t.KeyFile)
+		pair(b.path+".tls", t.CertFile, t.KeyFile)
+		pool(b.path+".tls.ca_file", t.CAFile)
 	}
 	return v.err()
 }
@@ -693,8 +704,10 @@ func (c *Config) Warnings() []string {
 			key(l.path+".tls.key_file", l.tls.KeyFile)
 		}
 	}
-	if !c.Bridge.IsEmbedded() {
-		key("bridge.tls.key_file", c.Bridge.TLS.KeyFile)
+	for _, b := range c.bridgeBlocks() {
+		if !b.bc.IsEmbedded() {
+			key(b.path+".tls.key_file", b.bc.TLS.KeyFile)
+		}
 	}
 	return out
 }
