@@ -100,6 +100,12 @@ func TestFanOutDeadUpstreamKeepsItsShare(t *testing.T) {
 	waitUpstream(t, subA, "20 on A", func(rs []bridgetest.Record) bool { return len(rs) >= 20 })
 	waitUpstream(t, subB, "20 on B", func(rs []bridgetest.Record) bool { return len(rs) >= 20 })
 
+	// Every ack of those committed, so that what B's spool holds from
+	// now on is exactly what is published while B is away.
+	testkit.Wait(t, "both spools empty", func() bool {
+		return r.g.ups[0].sp.Stats().Messages == 0 && r.g.ups[1].sp.Stats().Messages == 0
+	})
+
 	// B unreachable: A keeps getting everything; B's share waits.
 	px.Refuse()
 	px.Cut()
