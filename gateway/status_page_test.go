@@ -85,6 +85,9 @@ func TestStatusPageInChromium(t *testing.T) {
 		if !hasRow(v.tables["lanes"], "0", "alarms") || !hasRow(v.tables["lanes"], "5", "sensors, default") {
 			t.Errorf("lanes %v, want lane 0 fed by alarms, 5 by sensors and the default route", v.tables["lanes"])
 		}
+		if len(v.tables["ups"]) != 0 || len(st.Upstreams) != 0 {
+			t.Errorf("one upstream, yet an upstreams table: %v %v", v.tables["ups"], st.Upstreams)
+		}
 		if v.noOutagesHidden || len(st.Outages) != 0 {
 			t.Errorf("outages at idle: %v", st.Outages)
 		}
@@ -229,7 +232,7 @@ const snapshotJS = `(() => {
   const ids = IDS, text = {}, tables = {}, charts = {};
   if (document.readyState !== "complete" || !ids.every(id => document.getElementById(id))) return {time: ""};
   for (const id of ids) text[id] = document.getElementById(id).textContent;
-  for (const id of ["parts","outages","lanes","refused","dups","dropped"])
+  for (const id of ["parts","outages","lanes","refused","dups","dropped","ups"])
     tables[id] = [...document.getElementById(id).tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent));
   for (const id of ["backlog","rates"])
     charts[id] = [...document.querySelectorAll("#chart-"+id+" path")].map(p => ({series: p.dataset.series, points: +p.dataset.points}));
@@ -340,7 +343,17 @@ func checkRendered(t *testing.T, v pageView) {
 	eq("in flight", x["inflight"], usNum(int64(st.Link.InFlight)))
 	eq("reconnects", x["reconn"], usNum(int64(st.Link.Reconnects)))
 	eq("delivered total", x["acktotal"], usNum(int64(st.Link.Acked)))
-	eq("pacing", x["pacing"], usNum(int64(st.Link.MaxRate.MessagesPerSecond))+" msg/s")
+	var pace []string
+	if mr := st.Link.MaxRate; mr.MessagesPerSecond > 0 {
+		pace = append(pace, usNum(int64(mr.MessagesPerSecond))+" msg/s")
+	}
+	if mr := st.Link.MaxRate; mr.BytesPerSecond > 0 {
+		pace = append(pace, pageSize(int64(mr.BytesPerSecond))+"/s")
+	}
+	if len(pace) == 0 {
+		pace = []string{"unpaced"}
+	}
+	eq("pacing", x["pacing"], strings.Join(pace, ", "))
 	sp := st.Spool
 	eq("accepted total", x["acctotal"], usNum(int64(sp.Accepted)))
 	eq("backlog", x["backlog"], usNum(sp.Messages))

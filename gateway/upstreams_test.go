@@ -157,6 +157,12 @@ func TestFanOutDeadUpstreamKeepsItsShare(t *testing.T) {
 		t.Errorf("/api/status upstreams: %+v", st.Upstreams)
 	}
 
+	// The status page shows each upstream's share.
+	v := startChrome(t, requireChromium(t)).view(t, "http://"+r.g.HTTPAddr()+"/")
+	if ups := v.tables["ups"]; len(ups) != 2 || !hasRow(ups, "main", "up", "0") || ups[1][0] != "b" || ups[1][1] == "up" || ups[1][2] != strconv.Itoa(queuedB) {
+		t.Errorf("status page upstreams table: %v", ups)
+	}
+
 	// ferry spool -upstream b, through the running gateway and on the file.
 	adminStats := func(where string) {
 		t.Helper()
