@@ -165,7 +165,8 @@ func TestChaos(t *testing.T) {
 		}
 	}()
 
-	t.Run("kill", func(t *testing.T) { testKills(t, c) })
+	t.Run("kill", func(t *testing.T) { testKills(t, c, false, c.form.kills) })
+	t.Run("kill-fanout", func(t *testing.T) { testKills(t, c, true, max(3, c.form.kills/2)) })
 	t.Run("link", func(t *testing.T) { testLinkFaults(t, c) })
 	t.Run("diskfull", func(t *testing.T) {
 		t.Run("above", func(t *testing.T) { testDiskFullAbove(t, c) })

@@ -14,6 +14,9 @@
 //   - kill: the gateway is SIGKILLed at random moments under load and
 //     restarted on the same spool, some cycles with the link down so that
 //     the kill finds a backlog.
+//   - kill-fanout: the same with the route fanned out to a second upstream
+//     (own mosquitto, proxy, verifier, spool file); cycles cut one of the
+//     links, and both upstreams must get every acknowledged reading.
 //   - link: a backlog is built with the link down, then, while it drains
 //     and the devices keep sending, link faults one after another: cuts,
 //     blackholes, latency spells, connection refused, upstream SIGTERM and
