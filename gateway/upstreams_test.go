@@ -274,36 +274,88 @@ func grepLines(body, prefix string) string {
 // spool, and fanned out into two upstreams' spools (two files, each commit
 // fsync'd), with 256 in flight as a pipelining connection keeps them.
 // Reports msg/s and fsyncs per message over all files.
-func BenchmarkFanSink(b *testing.B) {
-	for _, bc := range []struct{ name, route string }{{"one", "[main]"}, {"two", "[main, b]"}} {
-		route := bc.route
-		b.Run("upstreams="+bc.name, func(b *testing.B) {
-			dir := b.TempDir()
-			cfg, err := config.Parse("b.yaml", []byte(fmt.Sprintf(`gateway_id: gw1
+// newFanRig opens main's and b's spools in a temporary directory and
+// returns the fan sink of a route t/# to upstreams route, with o.
+func newFanRig(tb testing.TB, route string, o spoolsink.Options) (*fanSink, *Gateway) {
+	tb.Helper()
+	dir := tb.TempDir()
+	cfg, err := config.Parse("b.yaml", []byte(fmt.Sprintf(`gateway_id: gw1
 spool: {path: %q}
 bridge: {upstream: tcp://127.0.0.1:1}
 upstreams: [{name: b, bridge: {upstream: tcp://127.0.0.1:2}}]
 routes: [{match: "t/#", upstreams: %s}]
 `, filepath.Join(dir, "spool.db"), route)), nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			g := &Gateway{cfg: cfg, log: slog.New(slog.DiscardHandler)}
-			if g.sp, err = spool.Open(cfg.Spool.Path, cfg.GatewaySpoolOptions(nil)); err != nil {
-				b.Fatal(err)
-			}
-			g.ups = []*upstream{{name: config.MainUpstream, sp: g.sp}}
-			if err := g.openUpstreams(); err != nil {
-				b.Fatal(err)
-			}
-			defer func() { _ = g.closeUpstreams(); _ = g.sp.Close() }()
-			for _, u := range g.ups {
-				u.sink, u.quiet = spoolsink.New(u.sp, spoolsink.Options{}), spoolsink.New(u.sp, spoolsink.Options{})
-			}
-			if g.router, err = NewRouter(cfg); err != nil {
-				b.Fatal(err)
-			}
-			f := newFanSink(g.router, g.ups, spoolsink.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g := &Gateway{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	if g.sp, err = spool.Open(cfg.Spool.Path, cfg.GatewaySpoolOptions(nil)); err != nil {
+		tb.Fatal(err)
+	}
+	g.ups = []*upstream{{name: config.MainUpstream, sp: g.sp}}
+	if err := g.openUpstreams(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = g.closeUpstreams(); _ = g.sp.Close() })
+	for _, u := range g.ups {
+		u.sink, u.quiet = spoolsink.New(u.sp, o), spoolsink.New(u.sp, spoolsink.Options{Retained: o.Retained && u.sp == g.sp})
+	}
+	if g.router, err = NewRouter(cfg); err != nil {
+		tb.Fatal(err)
+	}
+	return newFanSink(g.router, g.ups, o), g
+}
+
+// TestFanSinkRetainedState: a retained message of a route that does not
+// send to main still sets the local retained state, which lives in main's
+// spool; a batch goes to every upstream of its messages, and is counted
+// once per message.
+func TestFanSinkRetainedState(t *testing.T) {
+	retained := func(g *Gateway) []string {
+		var keys []string
+		if err := g.sp.IterateState(spool.StateRetained, nil, func(k, _ []byte) error { keys = append(keys, string(k)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	msg := func(topic string, retain bool) *message.Message {
+		return &message.Message{ID: message.NewID(time.Now()), Topic: topic, Payload: []byte("v"), QoS: 1, Retain: retain, AcceptedAt: time.Now()}
+	}
+	var accepted int
+	o := spoolsink.Options{Retained: true, OnAccepted: func(*message.Message) { accepted++ }}
+
+	f, g := newFanRig(t, "[b]", o)
+	if err := f.Accept(t.Context(), msg("t/only-b", true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := retained(g); len(got) != 1 || got[0] != "t/only-b" {
+		t.Errorf("retained state in main's spool: %v", got)
+	}
+	if m, b := g.ups[0].sp.Stats().Messages, g.ups[1].sp.Stats().Messages; m != 0 || b != 1 {
+		t.Errorf("main holds %d, b %d; want 0 and 1", m, b)
+	}
+
+	f, g = newFanRig(t, "[main, b]", o)
+	accepted = 0
+	if err := f.AcceptBatch(t.Context(), []*message.Message{msg("t/a", true), msg("t/b", false), msg("other", false)}); err != nil {
+		t.Fatal(err)
+	}
+	if m, b := g.ups[0].sp.Stats().Messages, g.ups[1].sp.Stats().Messages; m != 3 || b != 2 {
+		t.Errorf("main holds %d, b %d; want 3 (other is main's by the default route) and 2", m, b)
+	}
+	if got := retained(g); len(got) != 1 || got[0] != "t/a" {
+		t.Errorf("retained state: %v", got)
+	}
+	if accepted != 3 {
+		t.Errorf("accepted callbacks: %d, want 3", accepted)
+	}
+}
+
+func BenchmarkFanSink(b *testing.B) {
+	for _, bc := range []struct{ name, route string }{{"one", "[main]"}, {"two", "[main, b]"}} {
+		route := bc.route
+		b.Run("upstreams="+bc.name, func(b *testing.B) {
+			f, g := newFanRig(b, route, spoolsink.Options{})
 			payload := make([]byte, 256)
 			waits := make(chan func() error, 256)
 			errc := make(chan error, 1)
