@@ -169,7 +169,11 @@ func (s *Stream) run() {
 		if !out.OK() && out.Reason.Transient() && resent(t) {
 			s.withdrawLater(out)
 		}
-		s.answer(t, out)
+		// Fan out before the answer: a retained message is then the
+		// topic's retained message (and live subscribers have it queued)
+		// by the time the device holds its acknowledgement, so a client
+		// that subscribes after it gets it as retained. PublishLocal
+		// never waits for a subscriber.
 		if out.OK() && t.FanOut {
 			if t.M != nil {
 				s.c.FanOut(t.M)
@@ -178,6 +182,7 @@ func (s *Stream) run() {
 				s.c.FanOut(m)
 			}
 		}
+		s.answer(t, out)
 
 		s.mu.Lock()
 		s.queue[0] = nil
