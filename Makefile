@@ -59,10 +59,7 @@ bench-compare:
 
 ## fuzz-smoke: run every fuzzer for FUZZTIME each
 fuzz-smoke:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./.ci/fuzz-smoke
 
 ## powercut: the spool's power-cut test, long form (800 crash images per durability mode; make test runs 64)
 powercut:
