@@ -515,3 +515,33 @@ func TestSpoolStatsFileSize(t *testing.T) {
 		t.Fatalf("compact does not start from the size stats reported (%s): %q", human(fi.Size()), out)
 	}
 }
+
+func TestGCFloor(t *testing.T) {
+	for _, c := range []struct {
+		env     map[string]string
+		want    uint64
+		wantErr string
+	}{
+		{env: nil, want: defaultGCFloorMiB << 20},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "64"}, want: 64 << 20},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "0"}, want: 0},
+		{env: map[string]string{"GOGC": "200"}, want: 0},
+		{env: map[string]string{"GOMEMLIMIT": "64MiB"}, want: 0},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "16MiB"}, wantErr: `"16MiB" is not a whole number of MiB`},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "-1"}, wantErr: "not a whole number"},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "70000"}, wantErr: "0 to 65535"},
+		{env: map[string]string{"FERRY_GC_FLOOR_MIB": "8", "GOGC": "100"}, wantErr: "together with GOGC or GOMEMLIMIT"},
+	} {
+		got, err := gcFloor(func(k string) string { return c.env[k] })
+		switch {
+		case c.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%v: error %v, want one containing %q", c.env, err, c.wantErr)
+			}
+		case err != nil:
+			t.Errorf("%v: %v", c.env, err)
+		case got != c.want:
+			t.Errorf("%v: floor %d, want %d", c.env, got, c.want)
+		}
+	}
+}
