@@ -60,12 +60,20 @@ func (t *txn) put(o *op) error {
 	s := t.s
 	dedupe := e.DedupeKey != "" && s.opts.DedupeWindow > 0
 	var db *bolt.Bucket
+	// The key's entry as this message found it: one lookup serves the
+	// duplicate check and the renewal below (nothing in between touches
+	// the dedupe index).
+	var had bool
+	var oldExp int64
 	if dedupe {
 		db = t.tx.Bucket(bktDedupe)
-		if v := db.Get([]byte(e.DedupeKey)); !e.DedupeRecordOnly && len(v) == 16 && int64(idOf(v[:8])) > t.now {
-			o.res = PutResult{ID: idOf(v[8:]), Duplicate: true}
-			t.ctr.duplicates++
-			return nil
+		if v := db.Get([]byte(e.DedupeKey)); len(v) == 16 {
+			had, oldExp = true, int64(idOf(v[:8]))
+			if !e.DedupeRecordOnly && oldExp > t.now {
+				o.res = PutResult{ID: idOf(v[8:]), Duplicate: true}
+				t.ctr.duplicates++
+				return nil
+			}
 		}
 	}
 	if len(e.State) > 0 && !t.stateFits(e.State) {
@@ -118,8 +126,8 @@ func (t *txn) put(o *op) error {
 	if dedupe {
 		exp := t.now + int64(s.opts.DedupeWindow)
 		key := []byte(e.DedupeKey)
-		if old := db.Get(key); len(old) == 16 {
-			if err := t.tx.Bucket(bktDedupeExp).Delete(timeKey(int64(idOf(old[:8])), key)); err != nil {
+		if had {
+			if err := t.tx.Bucket(bktDedupeExp).Delete(timeKey(oldExp, key)); err != nil {
 				return err
 			}
 		} else {
