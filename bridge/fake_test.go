@@ -242,7 +242,7 @@ func (u *fakeUpstream) Connect(ctx context.Context, cfg ConnConfig) (Conn, error
 		}
 	}
 	u.mu.Lock()
-	c := &fakeConn{u: u, n: len(u.conns), cfg: cfg, lost: make(chan struct{}), ack: u.ack, latency: lat,
+	c := &fakeConn{u: u, n: len(u.conns), cfg: cfg, lossSignal: lossSignal{lost: make(chan struct{})}, ack: u.ack, latency: lat,
 		out: make(chan *fakeDelivery, 1<<14)}
 	u.conns = append(u.conns, c)
 	cut := u.cutAfter
@@ -264,13 +264,10 @@ func (u *fakeUpstream) log() []fakePub {
 }
 
 type fakeConn struct {
-	u       *fakeUpstream
-	n       int
-	cfg     ConnConfig
-	lost    chan struct{}
-	once    sync.Once
-	err     error
-	lostAt  time.Time
+	u   *fakeUpstream
+	n   int
+	cfg ConnConfig
+	lossSignal
 	latency time.Duration
 	out     chan *fakeDelivery
 
@@ -409,32 +406,15 @@ func (c *fakeConn) setBlackhole() {
 	c.mu.Unlock()
 }
 
-// drop loses the connection.
+// drop loses the connection (nil: as Close does).
 func (c *fakeConn) drop(err error) {
-	c.once.Do(func() {
-		c.err, c.lostAt = err, time.Now()
-		close(c.lost)
-	})
+	if err == nil {
+		c.closeLost()
+		return
+	}
+	c.setLost(err)
 }
 
-func (c *fakeConn) LostAt() time.Time {
-	select {
-	case <-c.lost:
-		return c.lostAt
-	default:
-		return time.Time{}
-	}
-}
-
-func (c *fakeConn) Lost() <-chan struct{} { return c.lost }
-func (c *fakeConn) Err() error {
-	select {
-	case <-c.lost:
-		return c.err
-	default:
-		return nil
-	}
-}
 func (c *fakeConn) Close() { c.drop(nil) }
 
 var itemGarbage = spool.Item{ID: 3, Data: []byte{0xff, 1, 2}}

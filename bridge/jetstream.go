@@ -65,7 +65,7 @@ func (u *JetStream) Connect(ctx context.Context, cfg ConnConfig) (Conn, error) {
 	if ka <= 0 {
 		ka = defaultKeepAlive
 	}
-	c := &jsConn{u: u, lost: make(chan struct{}), sig: make(chan struct{}, 1), onAck: cfg.OnAck, onReject: cfg.OnReject}
+	c := &jsConn{u: u, lossSignal: lossSignal{lost: make(chan struct{})}, sig: make(chan struct{}, 1), onAck: cfg.OnAck, onReject: cfg.OnReject}
 	opts := []nats.Option{
 		nats.Name(cfg.ClientID),
 		nats.NoReconnect(),
@@ -125,26 +125,13 @@ type jsConn struct {
 	sig   chan struct{}
 	done  chan struct{}
 
-	once   sync.Once
-	lost   chan struct{}
-	err    error
-	lostAt time.Time
+	lossSignal
 }
 
 type jsPending struct {
 	pid    uint16
 	f      jetstream.PubAckFuture
 	reject string // refused before it was sent: settle as refused
-}
-
-func (c *jsConn) setLost(err error) {
-	c.once.Do(func() {
-		if err == nil {
-			err = errors.New("connection lost")
-		}
-		c.err, c.lostAt = err, time.Now()
-		close(c.lost)
-	})
 }
 
 // RefusesExplicitly: JetStream refuses a message with an error PubAck, never
@@ -286,28 +273,8 @@ func (c *jsConn) Ping() *Pong {
 	return pong
 }
 
-func (c *jsConn) Lost() <-chan struct{} { return c.lost }
-
-func (c *jsConn) LostAt() time.Time {
-	select {
-	case <-c.lost:
-		return c.lostAt
-	default:
-		return time.Time{}
-	}
-}
-
-func (c *jsConn) Err() error {
-	select {
-	case <-c.lost:
-		return c.err
-	default:
-		return nil
-	}
-}
-
 func (c *jsConn) Close() {
-	c.once.Do(func() { c.lostAt = time.Now(); close(c.lost) })
+	c.closeLost()
 	c.nc.Close()
 	<-c.done
 }

@@ -92,7 +92,7 @@ func (u *MQTT5) connect(ctx context.Context, broker string, cfg ConnConfig) (*mq
 	if err != nil {
 		return nil, err
 	}
-	c := &mqtt5Conn{u: u, broker: broker, lost: make(chan struct{}), aliases: map[string]uint16{}}
+	c := &mqtt5Conn{u: u, broker: broker, lossSignal: lossSignal{lost: make(chan struct{})}, aliases: map[string]uint16{}}
 	onReject := cfg.OnReject
 	hooks := connHooks{
 		dead:  c.setLost,
@@ -259,21 +259,8 @@ type mqtt5Conn struct {
 	amu         sync.Mutex
 	aliases     map[string]uint16
 
-	once   sync.Once
-	lost   chan struct{}
-	err    error
-	lostAt time.Time
+	lossSignal
 	closed atomic.Bool
-}
-
-func (c *mqtt5Conn) setLost(err error) {
-	c.once.Do(func() {
-		if err == nil {
-			err = errors.New("connection lost")
-		}
-		c.err, c.lostAt = err, time.Now()
-		close(c.lost)
-	})
 }
 
 // Broker is the URL of the broker this connection is to.
@@ -367,27 +354,8 @@ func (c *mqtt5Conn) properties(pb *packets.Publish, m *message.Message) {
 	}
 }
 
-func (c *mqtt5Conn) Flush()                { c.nc.flushNow() }
-func (c *mqtt5Conn) Ping() *Pong           { return c.nc.ping() }
-func (c *mqtt5Conn) Lost() <-chan struct{} { return c.lost }
-
-func (c *mqtt5Conn) LostAt() time.Time {
-	select {
-	case <-c.lost:
-		return c.lostAt
-	default:
-		return time.Time{}
-	}
-}
-
-func (c *mqtt5Conn) Err() error {
-	select {
-	case <-c.lost:
-		return c.err
-	default:
-		return nil
-	}
-}
+func (c *mqtt5Conn) Flush()      { c.nc.flushNow() }
+func (c *mqtt5Conn) Ping() *Pong { return c.nc.ping() }
 
 // Close closes the socket first (nothing queued may reach the broker once
 // the bridge resends it on the next connection), then ends the client.
@@ -395,7 +363,7 @@ func (c *mqtt5Conn) Close() {
 	if !c.closed.CompareAndSwap(false, true) {
 		return
 	}
-	c.once.Do(func() { c.lostAt = time.Now(); close(c.lost) })
+	c.closeLost()
 	_ = c.nc.Close()
 	_ = c.client.Disconnect(&paho5.Disconnect{}) // waits for paho.golang's goroutines
 }

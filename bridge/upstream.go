@@ -203,7 +203,7 @@ type Paho struct {
 // keepalive, subscriptions and downstream messages); the bridge's publishes
 // and their PUBACKs bypass it (see bufConn).
 func (u *Paho) Connect(ctx context.Context, cfg ConnConfig) (Conn, error) {
-	c := &pahoConn{lost: make(chan struct{}), retain: u.Retain}
+	c := &pahoConn{lossSignal: lossSignal{lost: make(chan struct{})}, retain: u.Retain}
 	wt := u.WriteTimeout
 	if wt <= 0 {
 		wt = time.Second
@@ -309,29 +309,7 @@ type pahoConn struct {
 	broker atomic.Value // string: URL of the broker paho connected to
 	client paho.Client
 	nc     atomic.Pointer[bufConn]
-	once   sync.Once
-	lost   chan struct{}
-	err    error
-	lostAt time.Time
-}
-
-func (c *pahoConn) setLost(err error) {
-	c.once.Do(func() {
-		if err == nil {
-			err = errors.New("connection lost")
-		}
-		c.err, c.lostAt = err, time.Now()
-		close(c.lost)
-	})
-}
-
-func (c *pahoConn) LostAt() time.Time {
-	select {
-	case <-c.lost:
-		return c.lostAt
-	default:
-		return time.Time{}
-	}
+	lossSignal
 }
 
 func (c *pahoConn) Publish(pid uint16, topic string, payload []byte) error {
@@ -356,21 +334,11 @@ func (c *pahoConn) Broker() string {
 	return s
 }
 
-func (c *pahoConn) Flush()                { c.nc.Load().flushNow() }
-func (c *pahoConn) Ping() *Pong           { return c.nc.Load().ping() }
-func (c *pahoConn) Lost() <-chan struct{} { return c.lost }
-
-func (c *pahoConn) Err() error {
-	select {
-	case <-c.lost:
-		return c.err
-	default:
-		return nil
-	}
-}
+func (c *pahoConn) Flush()      { c.nc.Load().flushNow() }
+func (c *pahoConn) Ping() *Pong { return c.nc.Load().ping() }
 
 func (c *pahoConn) Close() {
-	c.once.Do(func() { c.lostAt = time.Now(); close(c.lost) })
+	c.closeLost()
 	// Close the socket here: paho's Disconnect(0) may finish after it
 	// returned, and nothing queued on this connection may reach the broker
 	// once the bridge resends it on the next one.
@@ -378,4 +346,49 @@ func (c *pahoConn) Close() {
 		_ = nc.Close()
 	}
 	c.client.Disconnect(0)
+}
+
+// lossSignal is how a connection ends, once: Lost is closed, Err says why
+// (nil after Close), LostAt when (the receive path's view). Every
+// connection kind embeds one; create it with lost made.
+type lossSignal struct {
+	once   sync.Once
+	lost   chan struct{}
+	err    error
+	lostAt time.Time
+}
+
+// setLost ends the connection with err ("connection lost" if nil); only
+// the first end counts.
+func (l *lossSignal) setLost(err error) {
+	l.once.Do(func() {
+		if err == nil {
+			err = errors.New("connection lost")
+		}
+		l.err, l.lostAt = err, time.Now()
+		close(l.lost)
+	})
+}
+
+// closeLost ends the connection by Close: Err stays nil.
+func (l *lossSignal) closeLost() { l.once.Do(func() { l.lostAt = time.Now(); close(l.lost) }) }
+
+func (l *lossSignal) Lost() <-chan struct{} { return l.lost }
+
+func (l *lossSignal) LostAt() time.Time {
+	select {
+	case <-l.lost:
+		return l.lostAt
+	default:
+		return time.Time{}
+	}
+}
+
+func (l *lossSignal) Err() error {
+	select {
+	case <-l.lost:
+		return l.err
+	default:
+		return nil
+	}
 }
