@@ -66,15 +66,22 @@ func MosquittoPath() string { return sysbin.Find("MOSQUITTO", "mosquitto") }
 // instead when CI=true) and returns the binary.
 func RequireMosquitto(t testing.TB) string {
 	t.Helper()
+	return requireProgram(t, "mosquitto", MosquittoPath, "mosquitto mosquitto-clients", "MOSQUITTO")
+}
+
+// requireProgram skips t under -short or when find finds no name (failing
+// instead when CI=true, where .ci/run installs it), and returns its path.
+func requireProgram(t testing.TB, name string, find func() string, packages, env string) string {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("integration test against mosquitto: skipped with -short")
+		t.Skipf("integration test against %s: skipped with -short", name)
 	}
-	p := MosquittoPath()
+	p := find()
 	if p == "" {
 		if os.Getenv("CI") == "true" {
-			t.Fatal("mosquitto is not installed (CI=true): apt-get install mosquitto mosquitto-clients")
+			t.Fatalf("%s is not installed (CI=true): apt-get install %s", name, packages)
 		}
-		t.Skip("mosquitto not found: apt-get install mosquitto mosquitto-clients (or set MOSQUITTO=/path)")
+		t.Skipf("%s not found: apt-get install %s (or set %s=/path)", name, packages, env)
 	}
 	return p
 }

@@ -25,17 +25,7 @@ func NATSPath() string { return natsserver.Path() }
 // instead when CI=true) and returns the binary.
 func RequireNATS(t testing.TB) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test against nats-server: skipped with -short")
-	}
-	p := NATSPath()
-	if p == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nats-server is not installed (CI=true): apt-get install nats-server")
-		}
-		t.Skip("nats-server not found: apt-get install nats-server (or set NATS_SERVER=/path)")
-	}
-	return p
+	return requireProgram(t, "nats-server", NATSPath, "nats-server", "NATS_SERVER")
 }
 
 // NATS is a nats-server process with JetStream owned by a test.
