@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	_ "embed"
 	"encoding/json"
 	"fmt"
@@ -461,4 +462,27 @@ func snakeCase(s string) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// FetchStatus reads /api/status from the gateway whose HTTP listener is at
+// addr (host:port), as the demo and the chaos rig watch their child
+// gateway. The listener must not require a login.
+func FetchStatus(ctx context.Context, c *http.Client, addr string) (*Status, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/api/status: %s", resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("/api/status: %w", err)
+	}
+	return &st, nil
 }

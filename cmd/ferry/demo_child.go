@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -171,23 +170,7 @@ func (g *gatewayChild) status(ctx context.Context) (*gateway.Status, error) {
 	if g.pid() == 0 {
 		return nil, errors.New("gateway not running")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+g.httpAddr+"/api/status", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := g.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/api/status: %s", resp.Status)
-	}
-	var st gateway.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("/api/status: %w", err)
-	}
-	return &st, nil
+	return gateway.FetchStatus(ctx, &g.client, g.httpAddr)
 }
 
 func isClosed(c chan struct{}) bool {

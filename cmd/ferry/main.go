@@ -41,8 +41,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ferrymq/ferry/gateway"
-	"github.com/ferrymq/ferry/internal/gcfloor"
 	"github.com/ferrymq/ferry/gateway/config"
+	"github.com/ferrymq/ferry/internal/gcfloor"
 	"github.com/ferrymq/ferry/spool"
 )
 

@@ -3,6 +3,7 @@ package chaos
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -226,19 +227,7 @@ func (g *gatewayProc) get(path string) (*http.Response, error) {
 
 // status reads /api/status.
 func (g *gatewayProc) status() (*gateway.Status, error) {
-	resp, err := g.get("/api/status")
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/api/status: %s", resp.Status)
-	}
-	var st gateway.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("/api/status: %w", err)
-	}
-	return &st, nil
+	return gateway.FetchStatus(context.Background(), &g.client, g.httpAddr)
 }
 
 // readyz returns the status code of /readyz (0 when it does not answer).
