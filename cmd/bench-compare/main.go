@@ -235,5 +235,16 @@ func ferryVersion(bin string) string {
 	if err != nil {
 		return "unknown"
 	}
-	return strings.TrimSpace(strings.TrimPrefix(string(out), "ferry "))
+	return parseFerryVersion(string(out))
+}
+
+// parseFerryVersion is the version from `ferry version`'s first line
+// ("ferry 29f8c3b", then indented details): one line, for the report's
+// "Measured … ferry VERSION." sentence.
+func parseFerryVersion(out string) string {
+	first, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	if f := strings.Fields(first); len(f) >= 2 && f[0] == "ferry" {
+		return strings.Join(f[1:], " ")
+	}
+	return "unknown"
 }

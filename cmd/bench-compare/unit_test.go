@@ -456,3 +456,16 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+func TestParseFerryVersion(t *testing.T) {
+	for in, want := range map[string]string{
+		"ferry 29f8c3b\n  commit        29f8c3bd301b\n  built         2026-12-03T11:27:01Z\n": "29f8c3b",
+		"ferry v1.2.0\n": "v1.2.0",
+		"":               "unknown",
+		"ferry \n":       "unknown",
+	} {
+		if got := parseFerryVersion(in); got != want {
+			t.Errorf("parseFerryVersion(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
