@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -74,8 +75,7 @@ type Gateway struct {
 
 	dupLog rate.Sometimes // the duplicate log line, at most once a second
 
-	ready  atomic.Bool
-	linkUp atomic.Bool
+	ready atomic.Bool
 }
 
 // New opens the spool and builds every part; nothing listens until Run.
@@ -164,7 +164,7 @@ func (g *Gateway) build() error {
 	g.core, err = ingest.New(ingest.Options{
 		Sink:    sink,
 		Router:  g.router,
-		LinkUp:  g.linkUp.Load,
+		LinkUp:  g.routeLinkUp,
 		Timeout: cfg.Limits.MQTT.AcceptTimeout.D(),
 		Logger:  g.log.With("component", "ingest"),
 	})
@@ -580,19 +580,36 @@ func (g *Gateway) reloadLogLevel(l config.LogConfig) {
 	}
 }
 
-// watchLink keeps linkUp current for the QoS 0 policy.
+// watchLink keeps every upstream's link state current for the QoS 0
+// policy.
 func (g *Gateway) watchLink(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
-		g.linkUp.Store(g.br.State() == bridge.StateUp)
+		for _, u := range g.ups {
+			u.up.Store(u.br.State() == bridge.StateUp)
+		}
 		select {
 		case <-ctx.Done():
-			g.linkUp.Store(false)
+			for _, u := range g.ups {
+				u.up.Store(false)
+			}
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// routeLinkUp reports whether the link of an upstream topic's route sends
+// to is up (qos0_when_offline: drop spools QoS 0 only then).
+func (g *Gateway) routeLinkUp(topic string) bool {
+	names, _ := g.router.Upstreams(topic)
+	for _, u := range g.ups {
+		if u.up.Load() && slices.Contains(names, u.name) {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *Gateway) ingressStats() []IngressStats {

@@ -99,7 +99,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	// history step.
 	proxy.Refuse()
 	proxy.Cut()
-	testkit.Wait(t, "the link to go down", func() bool { return !g.linkUp.Load() })
+	testkit.Wait(t, "the link to go down", func() bool { return !g.ups[0].up.Load() })
 	const backlog = 5000
 	for i := 0; i < backlog; i += 500 {
 		sendMany(t, c, "sensors/b/temp", i, 500)

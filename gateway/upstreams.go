@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,7 @@ type upstream struct {
 	name string
 	sp   *spool.Spool
 	br   *bridge.Bridge
+	up   atomic.Bool // its link is up, for qos0_when_offline (watchLink)
 	// sink stores into sp with the gateway's accept/duplicate callbacks;
 	// quiet without them (the copies after a message's first upstream,
 	// so that a message is counted once).
@@ -118,8 +120,8 @@ func newFanSink(router *Router, ups []*upstream, o spoolsink.Options) *fanSink {
 
 // targets returns m's upstreams, or an error naming the route when one of
 // them is not running (a reload cannot add one: checkUpstreams).
-func (f *fanSink) targets(topic string) ([]*upstream, error) {
-	names, route := f.router.Upstreams(topic)
+func (f *fanSink) targets(m *message.Message) ([]*upstream, error) {
+	names, route := f.router.Upstreams(m.Topic)
 	out := make([]*upstream, 0, len(names))
 	for _, n := range names {
 		u, ok := f.byName[n]
@@ -127,6 +129,21 @@ func (f *fanSink) targets(topic string) ([]*upstream, error) {
 			return nil, fmt.Errorf("route %s names upstream %q, which is not running (restart the gateway)", route, n)
 		}
 		out = append(out, u)
+	}
+	if len(out) > 1 && m.QoS == 0 && f.router.Route(m.Topic).QoS0 == message.QoS0Drop {
+		// qos0_when_offline: drop, per upstream: no copy for one whose
+		// link is down. The ingest core found one up (else the message
+		// would be local only); if all went down since, every copy is
+		// kept, as they were when it looked.
+		up := make([]*upstream, 0, len(out))
+		for _, u := range out {
+			if u.up.Load() {
+				up = append(up, u)
+			}
+		}
+		if len(up) > 0 {
+			out = up
+		}
 	}
 	return out, nil
 }
@@ -170,7 +187,7 @@ func (f *fanSink) needsState(m *message.Message, ts []*upstream) bool {
 // order of what one goroutine submits, so per-topic order holds in every
 // upstream's copy.
 func (f *fanSink) Submit(ctx context.Context, m *message.Message) func() error {
-	ts, err := f.targets(m.Topic)
+	ts, err := f.targets(m)
 	if err != nil {
 		return failed(err)
 	}
@@ -199,7 +216,7 @@ func (f *fanSink) SubmitBatch(ctx context.Context, ms []*message.Message) func()
 	var order []*upstream
 	var state []spool.StateOp
 	for _, m := range ms {
-		ts, err := f.targets(m.Topic)
+		ts, err := f.targets(m)
 		if err != nil {
 			return failed(err)
 		}

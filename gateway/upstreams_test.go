@@ -13,6 +13,7 @@ import (
 
 	gostomp "github.com/go-stomp/stomp/v3"
 
+	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/bridgetest"
 	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/internal/testkit"
@@ -389,5 +390,84 @@ func BenchmarkFanSink(b *testing.B) {
 			b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
 			b.ReportMetric(float64(syncs)/float64(b.N), "fsyncs/msg")
 		})
+	}
+}
+
+// TestFanOutQoS0DropFollowsEachUpstream: qos0_when_offline: drop decides by
+// the links of the route's own upstreams. With main unreachable and b up,
+// QoS 0 messages of a route to b only are spooled and reach b; those of a
+// route to both reach b and leave no copy in main's spool; only a route
+// whose every upstream is down delivers them locally only.
+func TestFanOutQoS0DropFollowsEachUpstream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real processes")
+	}
+	a := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	b := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
+	subB := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: b.URL(), Filter: "sites/#", Envelope: true})
+	pxMain := bridgetest.NewProxy(t, a.Addr())
+	dir := t.TempDir()
+	y := fmt.Sprintf(`
+gateway_id: gw1
+listeners:
+  mqtt: {address: "127.0.0.1:0"}
+  stomp: {address: ""}
+  http: {address: ""}
+allow_anonymous: true
+spool: {path: %s}
+routes:
+  - {name: fan, match: "fan/#", upstreams: [main, b], qos0_when_offline: drop}
+  - {name: onlyb, match: "onlyb/#", upstreams: [b], qos0_when_offline: drop}
+  - {name: onlymain, match: "main/#", qos0_when_offline: drop}
+bridge:
+  upstream: [%s]
+  format: envelope
+  backoff: {base: 100ms, max: 500ms}
+  connect_timeout: 2s
+upstreams:
+  - name: b
+    bridge:
+      upstream: [%s]
+      format: envelope
+      backoff: {base: 100ms, max: 500ms}
+`, filepath.Join(dir, "spool.db"), pxMain.URL(), b.URL())
+	cfg, err := config.Parse("fan.yaml", []byte(y), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startGateway(t, cfg)
+	main, ub := r.g.ups[0], r.g.ups[1]
+	testkit.Wait(t, "both links up", func() bool {
+		return main.br.State() == bridge.StateUp && ub.br.State() == bridge.StateUp
+	})
+
+	pxMain.Refuse()
+	pxMain.Cut()
+	testkit.Wait(t, "main's link down, as the gateway sees it", func() bool {
+		return main.br.State() != bridge.StateUp && !r.g.routeLinkUp("main/x")
+	})
+	testkit.Wait(t, "b's link up, as the gateway sees it", func() bool { return r.g.routeLinkUp("onlyb/x") })
+
+	c := pahoClient(t, r.g.MQTTAddr("mqtt"), "dev1")
+	const n = 10
+	for i := range n {
+		for _, topic := range []string{"onlyb/dev1", "fan/dev1", "main/dev1"} {
+			if err := waitToken(t, c.Publish(topic, 0, false, reading("q0", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A QoS 1 message after them: once it is acknowledged, every QoS 0
+	// one before it has been routed and, where spooled, committed.
+	publish(t, c, "onlyb/marker", reading("m", 0))
+
+	waitUpstream(t, subB, "the QoS 0 messages of onlyb and fan on b", func(rs []bridgetest.Record) bool { return len(rs) >= 2*n+1 })
+	checkUpstream(t, "b", subB.Records(), map[string]int{
+		"sites/gw1/onlyb/dev1": n, "sites/gw1/fan/dev1": n, "sites/gw1/onlyb/marker": 1})
+	if got := main.sp.Stats().Messages; got != 0 {
+		t.Fatalf("main's spool holds %d messages: QoS 0 copies for an upstream whose link is down (drop)", got)
+	}
+	if got := r.g.core.Stats().LocalOnly; got != n {
+		t.Fatalf("ingest delivered %d messages locally only, want the %d of main/ (its only upstream is down)", got, n)
 	}
 }

@@ -26,10 +26,10 @@ type Options struct {
 	// Router chooses each message's route; nil: the zero message.Route
 	// (spooled, priority 0, no TTL) for every topic.
 	Router message.Router
-	// LinkUp reports whether the upstream link is up, for routes with
-	// message.QoS0Drop; nil: never up (QoS 0 on such routes is always
-	// local only).
-	LinkUp func() bool
+	// LinkUp reports whether a link of the upstreams topic's route sends
+	// to is up, for routes with message.QoS0Drop; nil: never up (QoS 0 on
+	// such routes is always local only).
+	LinkUp func(topic string) bool
 	// Timeout is the default bound on one message's commit (default 5s).
 	Timeout time.Duration
 	Logger  *slog.Logger     // nil: discard
@@ -202,7 +202,7 @@ func (c *Core) route(m *message.Message, o SubmitOptions) (localOnly bool) {
 			m.ExpiresAt = exp
 		}
 	}
-	if route.LocalOnly || (m.QoS == 0 && route.QoS0 == message.QoS0Drop && (c.o.LinkUp == nil || !c.o.LinkUp())) {
+	if route.LocalOnly || (m.QoS == 0 && route.QoS0 == message.QoS0Drop && (c.o.LinkUp == nil || !c.o.LinkUp(m.Topic))) {
 		c.localOnly.Add(1)
 		return true
 	}

@@ -290,7 +290,7 @@ func TestRoutesLocalOnlyAndQoS0(t *testing.T) {
 	var upMu sync.Mutex
 	c := newCore(t, Options{Sink: sink,
 		Router: routes{"local": {LocalOnly: true}, "tele": {QoS0: message.QoS0Drop, Priority: 3, TTL: time.Hour}},
-		LinkUp: func() bool { upMu.Lock(); defer upMu.Unlock(); return up }})
+		LinkUp: func(string) bool { upMu.Lock(); defer upMu.Unlock(); return up }})
 	loc := &recsink.Local{}
 	c.AddLocal(loc)
 	a := newAnswers()

@@ -41,8 +41,9 @@
 // # QoS 0 and the link
 //
 // A route with message.QoS0Drop delivers QoS 0 messages locally only while
-// the upstream link is not up (Options.LinkUp); while it is up they are
-// spooled like the others.
+// no link of its upstreams is up (Options.LinkUp, asked with the topic);
+// while one is up they go to the Sink like the others (which may leave out
+// the upstreams whose link is down: the gateway's does).
 //
 // The package imports only protocols/message and the standard library.
 package ingest

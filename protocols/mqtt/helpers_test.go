@@ -106,7 +106,7 @@ type testOptions struct {
 	Sink   message.Sink           // nil: a new recsink.Sink
 	Router message.Router         // nil: every topic spooled
 	Local  message.LocalPublisher // also receives the fan-out, besides the server itself
-	LinkUp func() bool
+	LinkUp func(topic string) bool
 }
 
 // newCore builds the ingest core of a test around sink.
