@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -36,8 +37,8 @@ type listener struct {
 
 	mu     sync.Mutex
 	ln     net.Listener
-	srv    *http.Server // KindWS only
-	conns  map[net.Conn]struct{}
+	srv    *http.Server          // KindWS only
+	conns  map[net.Conn]*outConn // by raw connection; nil until run wraps it
 	closed bool
 	wg     sync.WaitGroup
 
@@ -52,7 +53,7 @@ var _ listeners.Listener = (*listener)(nil)
 
 func newListener(l Listener, opts *Options, pre *preAuth, stats *counters) *listener {
 	return &listener{id: l.Name, kind: l.Kind, address: l.Address, tls: l.TLS, certUsername: l.CertUsername,
-		opts: opts, pre: pre, stats: stats, conns: map[net.Conn]struct{}{}, log: slog.New(slog.DiscardHandler)}
+		opts: opts, pre: pre, stats: stats, conns: map[net.Conn]*outConn{}, log: slog.New(slog.DiscardHandler)}
 }
 
 func (l *listener) ID() string { return l.id }
@@ -170,6 +171,15 @@ func (l *listener) run(raw, conn net.Conn, pc *pendingConn, establish listeners.
 		l.log.Info("mqtt client disconnected: not reading what is written to it", "listener", l.id, "remote", remote, "reason", why)
 	})
 	oc.login = &loginState{pending: pc, deadline: deadline, certUsername: l.certUsername}
+	l.mu.Lock()
+	closed := l.closed
+	if !closed {
+		l.conns[raw] = oc
+	}
+	l.mu.Unlock()
+	if closed {
+		_ = oc.Close() // Close went past it: ends before CONNECT
+	}
 	err := establish(l.id, oc)
 	if err != nil {
 		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", remote, "err", err)
@@ -217,7 +227,7 @@ func (l *listener) track(c net.Conn) bool {
 	if l.closed {
 		return false
 	}
-	l.conns[c] = struct{}{}
+	l.conns[c] = nil
 	l.wg.Add(1)
 	return true
 }
@@ -235,10 +245,15 @@ func (l *listener) isClosed() bool {
 	return l.closed
 }
 
+// shutdownFlush bounds how long Close waits for the last writes (the
+// DISCONNECTs) to reach the clients.
+const shutdownFlush = time.Second
+
 // Close stops accepting, disconnects the clients on this listener (with
-// l.disconnect, else mochi's closeClients), closes whatever is left
-// (connections still before CONNECT) and waits for the connection
-// goroutines.
+// l.disconnect, else mochi's closeClients), lets their DISCONNECT go out
+// (within shutdownFlush), closes whatever is left (connections still before
+// CONNECT) and waits for the connection goroutines.
+
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
@@ -259,11 +274,34 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	} else {
 		closeClients(l.id)
 	}
+	// What is left: connections before CONNECT, and the ones just told
+	// DISCONNECT 0x8B. Closing their outConn lets its flusher write what
+	// is buffered (that DISCONNECT) and then close the socket; closing the
+	// socket at once would lose it. A client that does not take it within
+	// shutdownFlush (one that stopped reading) has its socket closed.
 	l.mu.Lock()
-	for c := range l.conns {
-		_ = c.Close()
-	}
+	left := maps.Clone(l.conns)
 	l.mu.Unlock()
+	grace := time.NewTimer(shutdownFlush)
+	defer grace.Stop()
+	expired := false
+	for c, oc := range left {
+		if oc == nil {
+			_ = c.Close()
+			continue
+		}
+		_ = oc.Close()
+		if !expired {
+			select {
+			case <-oc.done:
+			case <-grace.C:
+				expired = true
+			}
+		}
+		if expired {
+			_ = c.Close()
+		}
+	}
 	l.wg.Wait()
 }
 

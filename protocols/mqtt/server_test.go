@@ -10,6 +10,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ferrymq/ferry/internal/testkit"
 	"github.com/ferrymq/ferry/internal/testkit/recsink"
@@ -766,4 +767,34 @@ func TestCloseDisconnectsWithoutMochiCloseFn(t *testing.T) {
 		cl, ok := s.ms.Clients.Get("v5-dash")
 		return !ok || cl.Closed()
 	})
+}
+
+// TestCloseDisconnectsMQTT5WithShuttingDown: at shutdown an MQTT 5 client
+// is told why, DISCONNECT 0x8B (Server shutting down, doc.go's table),
+// before its connection closes; an MQTT 3.1.1 client (no DISCONNECT from
+// a server in that version) sees the connection close.
+func TestCloseDisconnectsMQTT5WithShuttingDown(t *testing.T) {
+	s, _ := startServer(t, testOptions{})
+	v5, code := dialRaw(t, s.Addr("tcp"), "dev5", connectOpts{v5: true})
+	if code != 0 {
+		t.Fatalf("CONNACK %#x", code)
+	}
+	v4, code := dialRaw(t, s.Addr("tcp"), "dev4", connectOpts{})
+	if code != 0 {
+		t.Fatalf("CONNACK %#x", code)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), guard())
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pk, err := v5.read(guard())
+	if err != nil {
+		t.Fatalf("MQTT 5 client: %v before a DISCONNECT", err)
+	}
+	if pk.typ != packets.Disconnect || len(pk.body) == 0 || pk.body[0] != packets.ErrServerShuttingDown.Code {
+		t.Fatalf("MQTT 5 client got packet type %d body %x, want DISCONNECT 0x8B", pk.typ, pk.body)
+	}
+	v5.expectClosed()
+	v4.expectClosed()
 }
