@@ -243,13 +243,8 @@ type SalvageReport struct {
 	Completed time.Time `json:"completed"`
 }
 
-// LostText is Lost for people: "3", "unknown, at least 3", or, when
-// nothing was seen lost but the file could not be checked against its
-// counts, "unknown (none seen lost; ...)" rather than "at least 0".
+// LostText is Lost for people: "3", or "unknown, at least 3".
 func (r *SalvageReport) LostText() string {
-	if r.LostUnknown && r.Lost == 0 {
-		return "unknown (none seen lost; the file's counts could not be read to check)"
-	}
 	if r.LostUnknown {
 		return fmt.Sprintf("unknown, at least %d", r.Lost)
 	}
