@@ -705,3 +705,44 @@ func TestMaxRatePacesDrain(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowStartAfterReconnect: on an upstream that refuses single messages
+// (JetStream), a reconnect starts with one message in flight and opens the
+// window at the first acknowledgement, so that publishes refused during a
+// stream leader election cannot be resent behind later ones the new leader
+// stored (seen in TestJetStreamClusterNodeKilled under load as a reordered
+// stream). The first connection uses the whole window at once.
+func TestSlowStartAfterReconnect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := newFakeQueue()
+		q.putN(40, "a", "b")
+		u := newFakeUpstream(false)
+		u.explicit = true
+		b := newTestBridge(t, q, u, Options{Window: 8})
+		runBridge(t, b)
+		c0 := <-u.newConn
+		synctest.Wait()
+		if n := c0.inFlight(); n != 8 {
+			t.Fatalf("first connection: %d in flight, want the window, 8", n)
+		}
+		c0.drop(errors.New("cut"))
+		c1 := <-u.newConn
+		synctest.Wait()
+		if n := c1.inFlight(); n != 1 {
+			t.Fatalf("after the reconnect: %d in flight before the first acknowledgement, want 1", n)
+		}
+		c1.ackAll()
+		synctest.Wait()
+		if n := c1.inFlight(); n != 8 {
+			t.Fatalf("after the first acknowledgement: %d in flight, want the window, 8", n)
+		}
+		for i := 0; q.remaining() > 0 && i < 100; i++ {
+			c1.ackAll()
+			synctest.Wait()
+		}
+		if n := q.remaining(); n != 0 {
+			t.Fatalf("%d left in the queue", n)
+		}
+		firstSeen(t, u.log(), map[string]int{"a": 20, "b": 20})
+	})
+}

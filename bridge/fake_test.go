@@ -205,6 +205,9 @@ type fakeUpstream struct {
 	refuseIf func(topic string, payload []byte) bool
 	// latency delays connects, acks and ping answers by a round trip.
 	latency time.Duration
+	// explicit: the connections refuse single messages explicitly, as
+	// JetStream does (explicitRefusals).
+	explicit bool
 	// cutAfter, when it returns d > 0, drops connection n (0-based) d after
 	// it came up: a flapping link.
 	cutAfter func(n int) time.Duration
@@ -377,6 +380,15 @@ func (c *fakeConn) Publish(pid uint16, topic string, payload []byte) error {
 }
 
 func (c *fakeConn) Flush() {}
+
+func (c *fakeConn) RefusesExplicitly() bool { return c.u.explicit }
+
+// inFlight is how many publishes the "broker" received and has not acked.
+func (c *fakeConn) inFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}
 
 func (c *fakeConn) Ping() *Pong {
 	pong := NewPong()

@@ -30,15 +30,18 @@ type partition struct {
 	changed chan struct{} // cap 1: room in the window, or the connection changed (leaser waits on it)
 	pub     chan struct{} // cap 1: the window went from empty to non-empty (serve waits on it)
 
-	mu      sync.Mutex
-	conn    Conn   // nil unless up
-	window  int    // in-flight limit on conn: Options.Window, or less if the server says so (WindowConn)
-	gen     uint64 // connection generation: acks of an older connection are ignored
-	pid     uint16 // last packet id used on conn
-	dirty   bool   // published on conn since the last flush
-	win     flights
-	lastAck time.Time // last PUBACK on conn (or when it came up)
-	led     ledger
+	mu     sync.Mutex
+	conn   Conn // nil unless up
+	window int  // in-flight limit on conn: Options.Window, or less if the server says so (WindowConn)
+	// slowStart: the window to open to at the first acknowledgement on
+	// conn, which starts with a window of 1 (0: not slow-starting).
+	slowStart int
+	gen       uint64 // connection generation: acks of an older connection are ignored
+	pid       uint16 // last packet id used on conn
+	dirty     bool   // published on conn since the last flush
+	win       flights
+	lastAck   time.Time // last PUBACK on conn (or when it came up)
+	led       ledger
 	// suspects in flight, and how many may be (see next).
 	suspects int
 	ramp     int
@@ -178,9 +181,18 @@ func (p *partition) run(ctx context.Context) {
 		upAt := time.Now()
 		p.mu.Lock()
 		p.conn, p.pid, p.dirty, p.lastAck, p.jittered = conn, 0, false, upAt, false
-		p.window = o.Window
+		p.window, p.slowStart = o.Window, 0
 		if wc, ok := conn.(WindowConn); ok && wc.InFlightMax() > 0 {
 			p.window = min(p.window, wc.InFlightMax())
+		}
+		if er, ok := conn.(explicitRefusals); ok && er.RefusesExplicitly() && p.stats.Connects > 0 && p.window > 1 {
+			// An upstream that refuses single messages (JetStream) can
+			// refuse the first publishes after a reconnect and store the
+			// ones behind them (a stream leader election under way: seen
+			// as a reordered stream after a leader was killed); resent,
+			// the refused would land behind the stored. One message in
+			// flight until the upstream takes one, then the window.
+			p.window, p.slowStart = 1, p.window
 		}
 		// The first PINGREQ goes out before anything can be published, so
 		// that its answer measures the round trip and nothing else.
@@ -512,6 +524,9 @@ func (p *partition) ackFuncs(gen uint64) (onAck func(pids []uint16), onReject fu
 		}
 		p.win.compact()
 		p.lastAck = now
+		if p.slowStart > 0 {
+			p.window, p.slowStart = p.slowStart, 0
+		}
 		p.stats.Acked += uint64(len(ids))
 		p.mu.Unlock()
 		if len(dead) > 0 {
