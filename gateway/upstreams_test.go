@@ -22,10 +22,21 @@ import (
 	"github.com/ferrymq/ferry/spool/spoolsink"
 )
 
+// fanRoutes: fan/# goes to both upstreams, onlyb/# to b only, the rest to
+// main.
+const fanRoutes = `
+  - {name: fan, match: "fan/#", upstreams: [main, b]}
+  - {name: onlyb, match: "onlyb/#", upstreams: [b]}`
+
 // fanConfig is a gateway with two upstreams: main (mosquitto A) and b
-// (mosquitto B behind bURL, a fault proxy). fan/# goes to both, onlyb/#
-// to b only, the rest to main.
+// (mosquitto B behind bURL, a fault proxy), routed by fanRoutes.
 func fanConfig(t *testing.T, dir, aURL, bURL, bSpool string) *config.Config {
+	t.Helper()
+	return fanConfigRoutes(t, dir, fanRoutes, aURL, bURL, bSpool)
+}
+
+// fanConfigRoutes is fanConfig with other routes (YAML list items).
+func fanConfigRoutes(t *testing.T, dir, routes, aURL, bURL, bSpool string) *config.Config {
 	t.Helper()
 	y := fmt.Sprintf(`
 gateway_id: gw1
@@ -35,9 +46,7 @@ listeners:
   http: {address: "127.0.0.1:0"}
 allow_anonymous: true
 spool: {path: %s}
-routes:
-  - {name: fan, match: "fan/#", upstreams: [main, b]}
-  - {name: onlyb, match: "onlyb/#", upstreams: [b]}
+routes:%s
 bridge:
   upstream: [%s]
   format: envelope
@@ -50,7 +59,7 @@ upstreams:
       backoff: {base: 100ms, max: 500ms}
       connect_timeout: 2s
     spool: {%s}
-`, filepath.Join(dir, "spool.db"), aURL, bURL, bSpool)
+`, filepath.Join(dir, "spool.db"), routes, aURL, bURL, bSpool)
 	cfg, err := config.Parse("fan.yaml", []byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -406,35 +415,10 @@ func TestFanOutQoS0DropFollowsEachUpstream(t *testing.T) {
 	b := bridgetest.StartMosquitto(t, bridgetest.MosquittoOptions{})
 	subB := bridgetest.NewSubscriber(t, bridgetest.SubscriberOptions{URL: b.URL(), Filter: "sites/#", Envelope: true})
 	pxMain := bridgetest.NewProxy(t, a.Addr())
-	dir := t.TempDir()
-	y := fmt.Sprintf(`
-gateway_id: gw1
-listeners:
-  mqtt: {address: "127.0.0.1:0"}
-  stomp: {address: ""}
-  http: {address: ""}
-allow_anonymous: true
-spool: {path: %s}
-routes:
+	cfg := fanConfigRoutes(t, t.TempDir(), `
   - {name: fan, match: "fan/#", upstreams: [main, b], qos0_when_offline: drop}
   - {name: onlyb, match: "onlyb/#", upstreams: [b], qos0_when_offline: drop}
-  - {name: onlymain, match: "main/#", qos0_when_offline: drop}
-bridge:
-  upstream: [%s]
-  format: envelope
-  backoff: {base: 100ms, max: 500ms}
-  connect_timeout: 2s
-upstreams:
-  - name: b
-    bridge:
-      upstream: [%s]
-      format: envelope
-      backoff: {base: 100ms, max: 500ms}
-`, filepath.Join(dir, "spool.db"), pxMain.URL(), b.URL())
-	cfg, err := config.Parse("fan.yaml", []byte(y), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
+  - {name: onlymain, match: "main/#", qos0_when_offline: drop}`, pxMain.URL(), b.URL(), "")
 	r := startGateway(t, cfg)
 	main, ub := r.g.ups[0], r.g.ups[1]
 	testkit.Wait(t, "both links up", func() bool {

@@ -253,7 +253,6 @@ const shutdownFlush = time.Second
 // l.disconnect, else mochi's closeClients), lets their DISCONNECT go out
 // (within shutdownFlush), closes whatever is left (connections still before
 // CONNECT) and waits for the connection goroutines.
-
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
