@@ -90,7 +90,7 @@ type Spool struct {
 	freedInFile                   bool // diskFull, and a commit freed pages inside the file since: try the next Put
 	nextProbe                     time.Time
 	diskFullSince, diskFullLogged time.Time
-	mapFloor                      int64 // the memory map is at least this large (0: unknown)
+	mapFloor                      int64 // Interval: the memory map is at least this large (0: none, nothing is pinned)
 	dataSize                      int64 // the data size after the last commit
 
 	mu           sync.Mutex // guards the fields below
@@ -155,7 +155,9 @@ func Open(path string, opts Options) (*Spool, error) {
 
 		parkedNow: make(chan struct{}),
 	}
+	s.reserveFloor()
 	if err := s.open(); err != nil {
+		s.releaseFloor()
 		return nil, err
 	}
 	s.warnSpace()
@@ -210,33 +212,94 @@ func (s *Spool) boltOptions() *bolt.Options {
 		FreelistType:   bolt.FreelistMapType,
 		NoGrowSync:     false,
 	}
-	if s.opts.MaxBytes > 0 {
-		// bbolt's own ceiling sits well above our cap: the spool reaches its
-		// own, controlled full state first, and deletes (which need fresh
-		// pages in a copy-on-write tree) still have room when it is full.
-		o.MaxSize = int(min(int64(maxInt), 2*s.opts.MaxBytes+64<<20))
-	}
-	if s.opts.Durability == Interval {
-		// Map the file large from the start, so that the pin (see repin)
-		// never has to give way to a growing map: address space, not
-		// memory (pages are resident only when read).
-		o.InitialMmapSize = mapFloor(o.MaxSize)
-	}
+	o.MaxSize = s.boltMaxSize()
+	// In Interval durability the file is mapped large from the start, so
+	// that the pin (see repin) does not have to give way to a growing map:
+	// address space, not memory (pages are resident only when read).
+	o.InitialMmapSize = int(s.mapFloor)
 	return o
 }
 
-// mapFloor is the initial memory map size in Interval durability.
-func mapFloor(maxSize int) int {
-	if int64(maxInt) > 1<<32 {
+// boltMaxSize is bbolt's ceiling for the file (0: none). It sits well above
+// our cap: the spool reaches its own, controlled full state first, and
+// deletes (which need fresh pages in a copy-on-write tree) still have room
+// when it is full.
+func (s *Spool) boltMaxSize() int {
+	if s.opts.MaxBytes <= 0 {
+		return 0
+	}
+	return int(min(int64(maxInt), 2*s.opts.MaxBytes+64<<20))
+}
+
+// mapFloor is the memory map size an Interval spool of bbolt ceiling
+// maxSize wants up front: all of it on 64-bit, up to mapShare32 on 32-bit.
+func mapFloor(maxSize, maxInt int64) int64 {
+	if maxInt > 1<<32 {
 		if maxSize > 0 {
 			return maxSize
 		}
-		return int(min(int64(maxInt), 64<<30)) // 64 GiB on 64-bit
+		return min(maxInt, 64<<30) // 64 GiB on 64-bit
 	}
 	if maxSize > 0 {
-		return min(maxSize, 1<<30)
+		return min(maxSize, mapShare32)
 	}
-	return 1 << 30
+	return mapShare32
+}
+
+// On 32-bit a process has 2–3 GiB of address space for everything, and a
+// gateway holds a spool per upstream: the up-front maps of its Interval
+// spools share mapBudget32, at most mapShare32 each. A spool that finds
+// the budget spent maps nothing up front and pins nothing: it fsyncs
+// every commit, as in Sync durability (slower, never less safe).
+const (
+	mapBudget32 = 1 << 30
+	mapShare32  = 256 << 20
+)
+
+var mapBudget struct {
+	sync.Mutex
+	used int64 // bytes of mapBudget32 held by open spools
+}
+
+// grantFloor is the map floor a spool that wants want bytes gets with used
+// bytes of the budget taken, on a platform whose largest int is maxInt: 0
+// when what is left could not hold a pin (see repin).
+func grantFloor(want, used, maxInt int64) int64 {
+	if maxInt > 1<<32 {
+		return want
+	}
+	if g := min(want, mapBudget32-used); g > pinMargin {
+		return g
+	}
+	return 0
+}
+
+// reserveFloor takes this spool's map floor from the process's budget
+// (Interval durability only); releaseFloor gives it back.
+func (s *Spool) reserveFloor() {
+	if s.opts.Durability != Interval || s.mapFloor != 0 {
+		return
+	}
+	mapBudget.Lock()
+	defer mapBudget.Unlock()
+	s.mapFloor = grantFloor(mapFloor(int64(s.boltMaxSize()), int64(maxInt)), mapBudget.used, int64(maxInt))
+	if int64(maxInt) <= 1<<32 {
+		mapBudget.used += s.mapFloor
+	}
+	if s.mapFloor == 0 {
+		s.log.Warn("spool: durability interval fsyncs every commit: the 32-bit address space for up-front memory maps is taken by the other spools of this process",
+			"path", s.path, "budget_bytes", mapBudget32)
+	}
+}
+
+func (s *Spool) releaseFloor() {
+	if int64(maxInt) > 1<<32 {
+		return
+	}
+	mapBudget.Lock()
+	mapBudget.used -= s.mapFloor
+	mapBudget.Unlock()
+	s.mapFloor = 0
 }
 
 const maxInt = int(^uint(0) >> 1)
@@ -379,9 +442,6 @@ func (s *Spool) openChecked() error {
 	s.db = db
 	if err := s.markOpen(); err != nil {
 		return err
-	}
-	if s.opts.Durability == Interval {
-		s.mapFloor = int64(mapFloor(s.boltOptions().MaxSize))
 	}
 	_ = db.View(func(tx *bolt.Tx) error { s.dataSize, s.txid = tx.Size(), uint64(tx.ID()); return nil })
 	s.dropResident()
@@ -600,6 +660,9 @@ func (s *Spool) Close() error {
 	err := closeBounded(func() error {
 		s.dbmu.Lock()
 		defer s.dbmu.Unlock()
+		// The map is gone once bbolt's Close returns (not if it never
+		// does: then the budget stays taken).
+		defer s.releaseFloor()
 		if failed != nil {
 			return s.db.Close() // no last commit: bbolt is not to be trusted
 		}

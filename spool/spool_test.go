@@ -316,3 +316,66 @@ func TestAddressSpace32(t *testing.T) {
 		}
 	}
 }
+
+// TestManyIntervalSpools: a gateway holds one spool per upstream, all in
+// one process. In Interval durability each maps its file large up front
+// (see repin); on 32-bit, where the whole process has 2–3 GiB of address
+// space, six of them at 1 GiB each failed Open with ENOMEM (run it under
+// make test-arm). Every spool opens and keeps its messages; those that got
+// a map floor pin, the rest fsync every commit.
+func TestManyIntervalSpools(t *testing.T) {
+	ctx := context.Background()
+	var spools []*Spool
+	for i := range 6 {
+		s, err := Open(filepath.Join(t.TempDir(), fmt.Sprintf("up%d.db", i)), Options{Durability: Interval, MaxBytes: 1 << 30})
+		if err != nil {
+			t.Fatalf("Open of interval spool %d of 6: %v", i+1, err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		spools = append(spools, s)
+	}
+	var mapped int64
+	for _, s := range spools {
+		mapped += s.mapFloor
+	}
+	if strconv.IntSize == 32 && mapped > mapBudget32 {
+		t.Errorf("the spools map %d bytes up front, over the 32-bit budget of %d", mapped, mapBudget32)
+	}
+	for i, s := range spools {
+		if _, err := s.Put(ctx, Entry{Data: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatalf("Put into spool %d: %v", i+1, err)
+		}
+		items, err := s.TryLease(10)
+		if err != nil || len(items) != 1 || string(items[0].Data) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("spool %d leased %v, %v; want its one message", i+1, items, err)
+		}
+	}
+}
+
+// TestGrantFloor: on 32-bit the up-front maps of a process's Interval
+// spools share one budget, at most mapShare32 each; a spool that would get
+// no more than pinMargin gets nothing (it could never pin). 64-bit grants
+// what is asked.
+func TestGrantFloor(t *testing.T) {
+	const max32, max64 = 1<<31 - 1, 1<<63 - 1
+	for _, tc := range []struct {
+		maxSize, used, want int64
+	}{
+		{max32, 0, mapShare32},                                      // a 1 GiB cap (ceiling clamped to maxInt): one share
+		{max32, mapBudget32 - mapShare32, mapShare32},               // the last share
+		{max32, mapBudget32, 0},                                     // none left
+		{max32, mapBudget32 - pinMargin, 0},                         // too little left to pin
+		{max32, mapBudget32 - pinMargin - 1<<20, pinMargin + 1<<20}, // what is left, if it can pin
+		{128 << 20, 0, 128 << 20},                                   // a small ceiling: all of it
+	} {
+		if got := grantFloor(mapFloor(tc.maxSize, max32), tc.used, max32); got != tc.want {
+			t.Errorf("32-bit, ceiling %d, %d used: floor %d, want %d", tc.maxSize, tc.used, got, tc.want)
+		}
+	}
+	if got := grantFloor(mapFloor(8<<30, max64), 1<<40, max64); got != 8<<30 {
+		t.Errorf("64-bit: floor %d, want the whole ceiling", got)
+	}
+	if got := grantFloor(mapFloor(0, max64), 0, max64); got != 64<<30 {
+		t.Errorf("64-bit without a ceiling: floor %d, want 64 GiB", got)
+	}
+}

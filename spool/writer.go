@@ -300,6 +300,8 @@ func (s *Spool) commit(batch []*op) {
 		s.syncIfDirty(true) // about to outgrow the map: sync, unpin
 		s.unpin()
 		noSync = false
+		s.log.Warn("spool: durability interval now fsyncs every commit: the file outgrew the memory map taken up front (compact it to return)",
+			"path", s.path, "file_bytes", s.dataSize, "map_bytes", s.mapFloor)
 	}
 	s.pruneParked()
 	s.refuseNew = s.diskFullNow()
