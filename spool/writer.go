@@ -603,7 +603,7 @@ func (s *Spool) runTxn(base counts, batch []*op, internal func(*txn) error) (t *
 // page half full, which for keys that only ever go to the end leaves every
 // page half empty for good (the file was 2.5 times its data).
 func fillPages(tx *bolt.Tx) {
-	for _, name := range append(bktLanes[:], bktDLQ, bktDelivered, bktExpiry) {
+	for _, name := range append(bktLanes[:], bktDLQ, bktDelivered, bktExpiry, bktDedupeExp) {
 		if b := tx.Bucket(name); b != nil {
 			b.FillPercent = 1.0
 		}
