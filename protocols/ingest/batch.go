@@ -33,12 +33,12 @@ var ErrNoBatches = errors.New("ingest: the sink cannot store a batch atomically"
 // fanned out, in order. It blocks as Submit does: a batch counts as one
 // pending message.
 func (s *Stream) SubmitBatch(ctx context.Context, ms []*message.Message, o SubmitOptions, tag any) bool {
-	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submitBatch(s.ctx, ms, o) },
+	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submitBatch(s.ctx, &s.share, ms, o) },
 		&Ticket{Batch: ms, Tag: tag})
 }
 
 // submitBatch routes ms and hands the spooled ones to the Sink.
-func (c *Core) submitBatch(ctx context.Context, ms []*message.Message, o SubmitOptions) *Ticket {
+func (c *Core) submitBatch(ctx context.Context, sh *ctxShare, ms []*message.Message, o SubmitOptions) *Ticket {
 	t := &Ticket{Batch: ms}
 	var spooled []*message.Message
 	for _, m := range ms {
@@ -55,9 +55,9 @@ func (c *Core) submitBatch(ctx context.Context, ms []*message.Message, o SubmitO
 	}
 	switch bs := c.o.Sink.(type) {
 	case OrderedBatchSink:
-		c.arm(ctx, t, o, func(mctx context.Context) { t.done = bs.SubmitBatch(mctx, spooled) })
+		c.arm(ctx, sh, t, o, func(mctx context.Context) { t.done = bs.SubmitBatch(mctx, spooled) })
 	case BatchSink:
-		c.arm(ctx, t, o, func(mctx context.Context) {
+		c.arm(ctx, sh, t, o, func(mctx context.Context) {
 			t.done = func() error { return bs.AcceptBatch(mctx, spooled) }
 		})
 		t.lazy = true

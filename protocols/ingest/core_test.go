@@ -25,12 +25,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeSink struct {
 	mu      sync.Mutex
 	pending map[string]chan error // by payload
+	ctxs    map[string]context.Context
 	stored  []string
 	subs    chan string
 }
 
 func newFakeSink() *fakeSink {
-	return &fakeSink{pending: map[string]chan error{}, subs: make(chan string, 1000)}
+	return &fakeSink{pending: map[string]chan error{}, ctxs: map[string]context.Context{}, subs: make(chan string, 1000)}
 }
 
 func (f *fakeSink) Accept(ctx context.Context, m *message.Message) error { return f.Submit(ctx, m)() }
@@ -40,6 +41,7 @@ func (f *fakeSink) Submit(ctx context.Context, m *message.Message) func() error 
 	ch := make(chan error, 1)
 	f.mu.Lock()
 	f.pending[key] = ch
+	f.ctxs[key] = ctx
 	f.mu.Unlock()
 	f.subs <- key
 	return func() error {
@@ -369,6 +371,65 @@ func TestTimeout(t *testing.T) {
 		time.Sleep(2 * time.Millisecond) // virtual: the first message's timeout passes
 		synctest.Wait()
 		if got := fmt.Sprint(a.waitN(t, 2)); got != "[0:timeout 1:timeout/after]" {
+			t.Fatalf("answers %s", got)
+		}
+	})
+}
+
+// TestStreamSharesContexts: consecutive messages of a Stream share one
+// context (a timer each was 4 % of a message's CPU) while it is younger
+// than timeout/shareDivisor, so each keeps at least 31/32 of its timeout;
+// a shared context ends once it is sealed and its last message answered,
+// and a different timeout gets a context of its own.
+func TestStreamSharesContexts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sink := newFakeSink()
+		c := newCore(t, Options{Sink: sink, Timeout: 32 * time.Second})
+		a := newAnswers()
+		s := c.NewStream(t.Context(), 64, a.answer)
+		defer s.Close()
+		ctxOf := func(key string) context.Context {
+			sink.mu.Lock()
+			defer sink.mu.Unlock()
+			return sink.ctxs[key]
+		}
+		start := time.Now()
+		for i := range 3 {
+			s.Submit(t.Context(), msg("t", fmt.Sprint(i), 1), SubmitOptions{}, nil)
+		}
+		time.Sleep(999 * time.Millisecond) // virtual; under timeout/32 = 1 s
+		s.Submit(t.Context(), msg("t", "3", 1), SubmitOptions{}, nil)
+		time.Sleep(time.Millisecond) // 1 s: the next message starts a new context
+		s.Submit(t.Context(), msg("t", "4", 1), SubmitOptions{}, nil)
+		s.Submit(t.Context(), msg("t", "5", 1), SubmitOptions{Timeout: time.Minute}, nil)
+		first := ctxOf("0")
+		for _, k := range []string{"1", "2", "3"} {
+			if ctxOf(k) != first {
+				t.Fatalf("message %s has a context of its own; want the one of message 0", k)
+			}
+		}
+		if ctxOf("4") == first || ctxOf("5") == ctxOf("4") {
+			t.Fatal("a context older than timeout/32, or of another timeout, was shared")
+		}
+		if d, _ := first.Deadline(); d.Sub(start) != 32*time.Second {
+			t.Fatalf("shared deadline %v after the first submit, want 32s", d.Sub(start))
+		}
+		for i := range 3 {
+			sink.decide(t, fmt.Sprint(i), nil)
+		}
+		a.waitN(t, 3)
+		if first.Err() != nil {
+			t.Fatalf("the shared context ended (%v) with message 3 still pending", first.Err())
+		}
+		sink.decide(t, "3", nil)
+		a.waitN(t, 4)
+		synctest.Wait()
+		if !errors.Is(first.Err(), context.Canceled) {
+			t.Fatalf("sealed, every message answered: the shared context is %v, want canceled", first.Err())
+		}
+		sink.decide(t, "4", nil)
+		sink.decide(t, "5", nil)
+		if got := fmt.Sprint(a.waitN(t, 6)); got != "[0:ok 1:ok 2:ok 3:ok 4:ok 5:ok]" {
 			t.Fatalf("answers %s", got)
 		}
 	})

@@ -18,6 +18,7 @@ type Stream struct {
 	ctx    context.Context
 	stop   context.CancelFunc
 	depth  int
+	share  ctxShare // the submitting goroutine's
 
 	mu     sync.Mutex
 	queue  []*Ticket // submitted, not yet answered; queue[0] is being waited for
@@ -64,7 +65,7 @@ func (s *Stream) Depth() int { return s.depth }
 // Depth messages are pending, until ctx is done (then it returns false and
 // m was not submitted) or the Stream closes (false).
 func (s *Stream) Submit(ctx context.Context, m *message.Message, o SubmitOptions, tag any) bool {
-	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submit(s.ctx, m, o) }, &Ticket{M: m, Tag: tag})
+	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submit(s.ctx, &s.share, m, o) }, &Ticket{M: m, Tag: tag})
 }
 
 // submitWith queues the Ticket mk submits, or, behind a barrier, refused
