@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,6 +399,47 @@ func TestPublishLocal(t *testing.T) {
 	s.PublishLocal(&message.Message{Topic: "cmd/+/bad", Payload: []byte("x")})
 	s.PublishLocal(&message.Message{Topic: "cmd/old", Payload: []byte("x"), ExpiresAt: time.Now().Add(-time.Second)})
 	expectNone(t, ch, 200*time.Millisecond)
+}
+
+// TestPublishLocalWithoutSubscribers: with no MQTT subscription at all, a
+// message that is not retained is not injected into mochi (it would go
+// nowhere); a retained one still is, and an offline persistent session's
+// subscription still counts: it gets the message when it comes back.
+func TestPublishLocalWithoutSubscribers(t *testing.T) {
+	s, _ := startServer(t, testOptions{})
+	s.PublishLocal(&message.Message{Topic: "cmd/a", Payload: []byte("nobody"), QoS: 1})
+	if st := s.Stats(); st.Injected != 0 {
+		t.Fatalf("injected %d with no subscriber, want 0", st.Injected)
+	}
+	s.PublishLocal(&message.Message{Topic: "cmd/kept", Payload: []byte("retained"), QoS: 1, Retain: true})
+	if st := s.Stats(); st.Injected != 1 {
+		t.Fatalf("a retained message with no subscriber: injected %d, want 1", st.Injected)
+	}
+	late, _ := pahoClient(t, s.Addr("tcp"), "late", nil)
+	if m := expectMessage(t, subscribe(t, late, "cmd/kept", 1)); string(m.Payload()) != "retained" {
+		t.Fatalf("a later subscriber got %q, want the retained message", m.Payload())
+	}
+	late.Disconnect(50) // clean session: its subscription goes
+	testkit.Wait(t, "the clean session's subscription removed", func() bool { return atomic.LoadInt64(&s.ms.Info.Subscriptions) == 0 })
+
+	persistent := func(o *paho.ClientOptions) { o.SetCleanSession(false) }
+	away, _ := pahoClient(t, s.Addr("tcp"), "away", persistent)
+	subscribe(t, away, "live/#", 1)
+	away.Disconnect(50)
+	testkit.Wait(t, "the persistent session offline", func() bool { return s.Stats().ClientsConnected == 0 })
+	s.PublishLocal(&message.Message{Topic: "live/b", Payload: []byte("queued"), QoS: 1})
+	if st := s.Stats(); st.Injected != 2 {
+		t.Fatalf("an offline session subscribes: injected %d, want 2", st.Injected)
+	}
+	ch := make(chan paho.Message, 10)
+	back, _ := pahoClient(t, s.Addr("tcp"), "away", func(o *paho.ClientOptions) {
+		persistent(o)
+		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { ch <- m })
+	})
+	defer back.Disconnect(50)
+	if m := expectMessage(t, ch); string(m.Payload()) != "queued" {
+		t.Fatalf("the returning session got %q, want the message queued while it was away", m.Payload())
+	}
 }
 
 func TestLocalOnlyAndQoS0DropRoutes(t *testing.T) {
