@@ -77,7 +77,7 @@ type Options struct {
 	BlockTimeout    time.Duration // Block policy; default 5s
 
 	DedupeWindow     time.Duration // how long a dedupe key is remembered; default 10m; <0: off
-	DedupeMaxEntries int           // cap on remembered keys, oldest forgotten first; default 1,000,000
+	DedupeMaxEntries int           // cap on remembered keys, oldest forgotten first (one commit's keys together); default 1,000,000
 
 	LeaseTimeout time.Duration // a leased message not acked or nacked within this comes back; default 30s
 	// LowerLaneShare is the minimum share (0..1) of leased messages that go

@@ -95,7 +95,7 @@
 // Top-level buckets; all integers big-endian; ids are uint64 from a
 // persistent counter, so they never repeat in a file:
 //
-//	meta        magic "ferry-spool", format (8 bytes, = 2), next_id (8),
+//	meta        magic "ferry-spool", format (8 bytes, = 3), next_id (8),
 //	            counts (per-lane messages+bytes, DLQ, retained, dedupe: 25×8),
 //	            commit (see below), clean (1 byte: 1 after Close, 0 while
 //	            open), salvage (JSON report of the salvage that made the
@@ -103,7 +103,9 @@
 //	lane0…lane9 id(8) → record kind 'q'
 //	expiry      expires_at(8) ‖ id(8) → lane(1)      messages with a TTL
 //	dedupe      key → expires_at(8) ‖ id(8)
-//	dedupe_exp  expires_at(8) ‖ key → nil              sweep order
+//	dedupe_exp  expires_at(8) ‖ id(8) → (uvarint len ‖ key)…  sweep and cap order:
+//	            the keys one commit recorded, id its first message's
+//	            (format 2: expires_at(8) ‖ key → nil, one key, still read)
 //	dlq         id(8) → record kind 'd' (stamp: dead-lettered at, text: reason)
 //	delivered   id(8) → record kind 'r' (stamp: acked at), RetainDelivered only
 //	state_retained, state_clients, state_subscriptions, state_inflight

@@ -249,21 +249,14 @@ func (s *Spool) housekeep() {
 
 // sweep forgets expired dedupe keys and retained messages past their time.
 func (t *txn) sweep() error {
-	xb, db := t.tx.Bucket(bktDedupeExp), t.tx.Bucket(bktDedupe)
-	var keys [][]byte
-	c := xb.Cursor()
-	for k, _ := c.First(); k != nil && len(keys) < sweepBatch && int64(idOf(k[:8])) <= t.now; k, _ = c.Next() {
-		keys = append(keys, append([]byte(nil), k...))
-	}
-	for _, k := range keys {
-		// The key may have been renewed since; its index entry then differs.
-		if v := db.Get(k[8:]); len(v) == 16 && string(v[:8]) == string(k[:8]) {
-			if err := db.Delete(k[8:]); err != nil {
-				return err
-			}
-			t.c.dedupe--
+	xb := t.tx.Bucket(bktDedupeExp)
+	for n := 0; n < sweepBatch; {
+		k, v := xb.Cursor().First()
+		if k == nil || (len(k) >= 8 && int64(idOf(k[:8])) > t.now) {
+			break
 		}
-		if err := xb.Delete(k); err != nil {
+		n += max(1, len(v)/64) // about the keys an entry lists
+		if err := t.forgetListed(xb, k, v); err != nil {
 			return err
 		}
 	}

@@ -60,8 +60,11 @@ const (
 	magic = "ferry-spool"
 	// formatVersion 2: records in the version 2 layout (format 1 files are
 	// read, and marked format 2 when opened for writing, since their new
-	// records are version 2).
-	formatVersion = 2
+	// records are version 2). 3: a dedupe_exp entry may list several keys
+	// (dedupe.go); format 2 entries are read, and a format 2 file is marked
+	// 3 when opened for writing, since a format 2 build would take the new
+	// entries for single keys and lose count.
+	formatVersion = 3
 	maxDedupeKey  = 1024
 	maxReason     = 1024
 )

@@ -29,6 +29,7 @@ type txn struct {
 	reserved  []*reservation
 	size      int64 // the file's data size after the transaction
 	st        stateTxn
+	listed    dedupeList // dedupe keys recorded by this transaction, for dedupe_exp
 }
 
 func (t *txn) apply(o *op) error {
@@ -126,17 +127,15 @@ func (t *txn) put(o *op) error {
 	if dedupe {
 		exp := t.now + int64(s.opts.DedupeWindow)
 		key := []byte(e.DedupeKey)
-		if had {
-			if err := t.tx.Bucket(bktDedupeExp).Delete(timeKey(oldExp, key)); err != nil {
-				return err
-			}
-		} else {
+		if !had {
 			t.c.dedupe++
 		}
+		// A renewed key keeps its older dedupe_exp listing: the sweep
+		// forgets a key only at the expiry its entry holds now.
 		if err := db.Put(key, append(u64(uint64(exp)), u64(id)...)); err != nil {
 			return err
 		}
-		if err := t.tx.Bucket(bktDedupeExp).Put(timeKey(exp, key), nil); err != nil {
+		if err := t.listed.add(t.tx, exp, id, key); err != nil {
 			return err
 		}
 		if t.c.dedupe > int64(s.opts.DedupeMaxEntries) {
@@ -157,17 +156,45 @@ func (t *txn) put(o *op) error {
 	return nil
 }
 
+// forgetOldestDedupe forgets the keys listed in the oldest dedupe_exp
+// entries until the count is under the cap again (or no entry is left):
+// an entry lists up to one transaction's keys, so the count may end up to
+// that many under it.
 func (t *txn) forgetOldestDedupe() error {
 	xb := t.tx.Bucket(bktDedupeExp)
-	k, _ := xb.Cursor().First()
-	if k == nil {
-		return nil
+	for t.c.dedupe > int64(t.s.opts.DedupeMaxEntries) {
+		k, v := xb.Cursor().First()
+		if k == nil {
+			return nil
+		}
+		if err := t.forgetListed(xb, k, v); err != nil {
+			return err
+		}
 	}
-	k = append([]byte(nil), k...)
-	if err := t.tx.Bucket(bktDedupe).Delete(k[8:]); err != nil {
+	return nil
+}
+
+// forgetListed forgets the keys of dedupe_exp entry k, v that still expire
+// at its time (a key renewed since is listed again, later), then the entry.
+func (t *txn) forgetListed(xb *bolt.Bucket, k, v []byte) error {
+	k, v = append([]byte(nil), k...), append([]byte(nil), v...)
+	if len(k) < 8 {
+		return xb.Delete(k) // not an entry of ours
+	}
+	db := t.tx.Bucket(bktDedupe)
+	at := string(k[:8])
+	err := eachListed(k, v, func(key []byte) error {
+		if cur := db.Get(key); len(cur) == 16 && string(cur[:8]) == at {
+			if err := db.Delete(key); err != nil {
+				return err
+			}
+			t.c.dedupe--
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	t.c.dedupe--
 	return xb.Delete(k)
 }
 

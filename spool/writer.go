@@ -585,6 +585,9 @@ func (s *Spool) runTxn(base counts, batch []*op, internal func(*txn) error) (t *
 				return err
 			}
 		}
+		if err := t.listed.flush(tx); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bktMeta)
 		if err := meta.Put(keyNextID, u64(t.nextID)); err != nil {
 			return err
