@@ -25,12 +25,14 @@
 //   - Ingest, pipelined: in mochi's OnPublish (the client's read goroutine)
 //     the hook checks the publish, builds a message.Message and submits it
 //     to the connection's ingest.Stream without waiting; mochi is told to
-//     do nothing more with it (ErrRejectPacket). The Stream answers in the
-//     client's order, each message after its own commit: PUBACK, or PUBREC
-//     with the QoS 2 flow put in mochi's inflight store so that PUBREL is
-//     answered by mochi. The acknowledgement therefore leaves only after
-//     the message is durable (G1), while up to MaxInflight messages of one
-//     client share group commits.
+//     do nothing more with it (a packet marked ignored and QoS 0: taken in
+//     hook.go; a refusal returns ErrRejectPacket, which mochi logs with a
+//     copy of the packet, too dear for every message). The Stream answers
+//     in the client's order, each message after its own commit: PUBACK, or
+//     PUBREC with the QoS 2 flow put in mochi's inflight store so that
+//     PUBREL is answered by mochi. The acknowledgement therefore leaves
+//     only after the message is durable (G1), while up to MaxInflight
+//     messages of one client share group commits.
 //   - Limits, each with a clear answer and a counter in Stats: connections,
 //     packet size, per-client publish rate, topic length and levels, topic
 //     validity ($SYS, bad UTF-8, wildcards).

@@ -445,9 +445,10 @@ func (h *hook) OnQosDropped(cl *mochi.Client, pk packets.Packet) { h.OnQosComple
 
 // OnPublish is the ingest path, in the client's read goroutine. Every
 // publish from a device is handed to the ingest Stream and mochi is told
-// to do nothing (ErrRejectPacket: no acknowledgement, no retain, no local
-// delivery): the Stream answers in order after each commit (answer) and
-// fans the message out, retained or not, through PublishLocal.
+// to do nothing (taken, or ErrRejectPacket for a refusal: no
+// acknowledgement, no retain, no local delivery): the Stream answers in
+// order after each commit (answer) and fans the message out, retained or
+// not, through PublishLocal.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // PublishLocal: already accepted, never back to the Sink
@@ -499,7 +500,21 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if !ss.stream.Submit(h.base, m, o, pubTag{id: pk.PacketID, qos: qos, counted: qos > 0}) {
 		return pk, packets.ErrRejectPacket // the server is closing
 	}
-	return pk, packets.ErrRejectPacket
+	return taken(pk), nil
+}
+
+// taken is what OnPublish gives back for a publish handed to the Stream: a
+// packet mochi does nothing more with, as with ErrRejectPacket (marked
+// ignored, which retainMessage and publishToSubscribers skip, and QoS 0: no
+// acknowledgement, no inflight entry), but without the debug log mochi
+// writes for a rejected packet, whose arguments put a copy of the packet on
+// the heap whether debug logging is on or not: five allocations and ≈ 1 KB
+// per message, 15 → 12 CPU µs per message in BenchmarkIngestPipelinedInstant.
+// Refusals still return ErrRejectPacket.
+func taken(pk packets.Packet) packets.Packet {
+	pk.Ignore = true
+	pk.FixedHeader.Qos = 0
+	return pk
 }
 
 // refuse answers a publish refused before the Sink, in order behind the
