@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -79,6 +80,7 @@ var ErrMalformed = errors.New("malformed encoded message")
 // extended slice.
 func Encode(dst []byte, m *Message) []byte {
 	flags, prefix := v2Flags(m)
+	dst = slices.Grow(dst, encodedSize(m, flags, prefix)) // one allocation, not one per field that outgrows it
 	dst = append(dst, encodingV2, flags, m.QoS|m.UpstreamQoS<<2, byte(m.Source.Protocol), m.Priority)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(unixNano(m.AcceptedAt)))
 	if flags&v2Expires != 0 {
@@ -165,6 +167,11 @@ func isHexID(id string) bool {
 // EncodedSize returns len(Encode(nil, m)) without encoding.
 func EncodedSize(m *Message) int {
 	flags, prefix := v2Flags(m)
+	return encodedSize(m, flags, prefix)
+}
+
+// encodedSize is EncodedSize with m's flags and prefix (v2Flags).
+func encodedSize(m *Message, flags byte, prefix string) int {
 	n := 5 + 8
 	if flags&v2Expires != 0 {
 		n += varintLen(unixNano(m.ExpiresAt))

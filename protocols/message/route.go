@@ -89,8 +89,12 @@ func (r Route) Apply(m *Message) {
 	m.UpstreamTopic = r.UpstreamTopic
 	m.UpstreamQoS = r.UpstreamQoS
 	m.DedupeKey, m.DedupeRecordOnly = "", false
-	if raw := DedupeKey(m, r.Dedupe); raw != "" {
-		m.DedupeKey = ScopedDedupeKey(r.Name, m.Source, raw)
+	// The raw key (when short) and the scoped key are built on the stack:
+	// one allocation per message, the key itself.
+	var rawBuf [64]byte
+	var keyBuf [24 + 1 + maxPlainKey]byte
+	if raw := appendDedupeKey(rawBuf[:0], m, r.Dedupe); len(raw) > 0 {
+		m.DedupeKey = string(appendScopedDedupeKey(keyBuf[:0], r.Name, m.Source, raw))
 		// A first send records its key for a retransmit to find, and is
 		// never itself a duplicate: the device reuses a packet id once the
 		// message was acknowledged.
@@ -103,10 +107,16 @@ func (r Route) Apply(m *Message) {
 // JSON object, field missing): such a message is not de-duplicated, never
 // refused.
 func DedupeKey(m *Message, d Dedupe) string {
+	return string(appendDedupeKey(nil, m, d))
+}
+
+// appendDedupeKey appends DedupeKey(m, d) to dst.
+func appendDedupeKey(dst []byte, m *Message, d Dedupe) []byte {
 	switch d.Kind {
 	case DedupeRetransmit:
+		dst = append(dst, m.SendID...)
 		if m.SendID == "" || m.Source.Protocol != ProtoMQTT {
-			return m.SendID
+			return dst
 		}
 		// An MQTT packet id is reused once its message was acknowledged:
 		// the id with a hash of topic and payload names the message, so a
@@ -116,24 +126,25 @@ func DedupeKey(m *Message, d Dedupe) string {
 		h.Write([]byte(m.Topic))
 		h.Write([]byte{0})
 		h.Write(m.Payload)
-		return m.SendID + ":" + strconv.FormatUint(h.Sum64(), 16)
+		return strconv.AppendUint(append(dst, ':'), h.Sum64(), 16)
 	case DedupeProperty:
 		name := d.Name
 		if name == "" {
 			name = DefaultDedupeProperty
 		}
 		v, _ := m.Header(name)
-		return v
+		return append(dst, v...)
 	case DedupeJSON:
-		return jsonField(m.Payload, d.Name)
+		return append(dst, jsonField(m.Payload, d.Name)...)
 	case DedupeHash:
 		h := sha256.New()
 		h.Write([]byte(m.Topic))
 		h.Write([]byte{0})
 		h.Write(m.Payload)
-		return hex.EncodeToString(h.Sum(nil)[:16])
+		var sum [sha256.Size]byte
+		return hex.AppendEncode(dst, h.Sum(sum[:0])[:16])
 	}
-	return ""
+	return dst
 }
 
 // ScopedDedupeKey is the key the spool indexes: the scope, a hash of the
@@ -147,6 +158,11 @@ func DedupeKey(m *Message, d Dedupe) string {
 // pages per commit, where a hash of everything put each message's key on a
 // page of its own (the index was the largest cost of a spooled message).
 func ScopedDedupeKey(route string, src Source, raw string) string {
+	return string(appendScopedDedupeKey(nil, route, src, []byte(raw)))
+}
+
+// appendScopedDedupeKey appends ScopedDedupeKey(route, src, raw) to dst.
+func appendScopedDedupeKey(dst []byte, route string, src Source, raw []byte) []byte {
 	h := sha256.New()
 	for _, s := range [...]string{route, src.Protocol.String(), src.ClientID} {
 		var n [4]byte
@@ -155,12 +171,12 @@ func ScopedDedupeKey(route string, src Source, raw string) string {
 		h.Write([]byte(s))
 	}
 	var sum [sha256.Size]byte
-	scope := h.Sum(sum[:0])[:12]
+	dst = hex.AppendEncode(dst, h.Sum(sum[:0])[:12])
 	if plainKey(raw) {
-		return hex.EncodeToString(scope) + "/" + raw
+		return append(append(dst, '/'), raw...)
 	}
-	rh := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(scope) + "#" + hex.EncodeToString(rh[:16])
+	rh := sha256.Sum256(raw)
+	return hex.AppendEncode(append(dst, '#'), rh[:16])
 }
 
 // maxPlainKey is the longest raw key ScopedDedupeKey keeps as it is.
@@ -169,7 +185,7 @@ const maxPlainKey = 64
 // plainKey reports whether raw goes into the scoped key unhashed: short,
 // printable ASCII. Hashed ones are marked apart ('#' instead of '/'), so
 // that no raw key can equal another's hash.
-func plainKey(raw string) bool {
+func plainKey(raw []byte) bool {
 	if len(raw) > maxPlainKey {
 		return false
 	}
