@@ -34,7 +34,7 @@ var ErrNoBatches = errors.New("ingest: the sink cannot store a batch atomically"
 // pending message.
 func (s *Stream) SubmitBatch(ctx context.Context, ms []*message.Message, o SubmitOptions, tag any) bool {
 	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submitBatch(s.ctx, &s.share, ms, o) },
-		&Ticket{Batch: ms, Tag: tag})
+		func() *Ticket { return &Ticket{Batch: ms, Tag: tag} })
 }
 
 // submitBatch routes ms and hands the spooled ones to the Sink.

@@ -65,12 +65,13 @@ func (s *Stream) Depth() int { return s.depth }
 // Depth messages are pending, until ctx is done (then it returns false and
 // m was not submitted) or the Stream closes (false).
 func (s *Stream) Submit(ctx context.Context, m *message.Message, o SubmitOptions, tag any) bool {
-	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submit(s.ctx, &s.share, m, o) }, &Ticket{M: m, Tag: tag})
+	return s.submitWith(ctx, tag, func() *Ticket { return s.c.submit(s.ctx, &s.share, m, o) }, func() *Ticket { return &Ticket{M: m, Tag: tag} })
 }
 
-// submitWith queues the Ticket mk submits, or, behind a barrier, refused
-// instead (the Ticket refused, with the barrier's outcome).
-func (s *Stream) submitWith(ctx context.Context, tag any, mk func() *Ticket, refused *Ticket) bool {
+// submitWith queues the Ticket mk submits, or, behind a barrier, the one
+// refused makes instead, with the barrier's outcome. Neither func escapes:
+// the Ticket of a refusal costs nothing unless it is needed.
+func (s *Stream) submitWith(ctx context.Context, tag any, mk, refused func() *Ticket) bool {
 	for {
 		s.mu.Lock()
 		switch {
@@ -79,8 +80,9 @@ func (s *Stream) submitWith(ctx context.Context, tag any, mk func() *Ticket, ref
 			return false
 		case s.barrier != nil:
 			out := *s.barrier
-			refused.out = Outcome{Reason: out.Reason, Err: fmt.Errorf("%w (%w)", ErrCancelledAfter, out.Err)}
-			s.queue = append(s.queue, refused)
+			t := refused()
+			t.out = Outcome{Reason: out.Reason, Err: fmt.Errorf("%w (%w)", ErrCancelledAfter, out.Err)}
+			s.queue = append(s.queue, t)
 			s.mu.Unlock()
 			s.c.cancelled.Add(1)
 			signal(s.grew)
