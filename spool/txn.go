@@ -132,7 +132,7 @@ func (t *txn) put(o *op) error {
 		}
 		// A renewed key keeps its older dedupe_exp listing: the sweep
 		// forgets a key only at the expiry its entry holds now.
-		if err := db.Put(key, append(u64(uint64(exp)), u64(id)...)); err != nil {
+		if err := db.Put(key, timeKey(exp, u64(id))); err != nil {
 			return err
 		}
 		if err := t.listed.add(t.tx, exp, id, key); err != nil {
