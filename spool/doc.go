@@ -18,7 +18,14 @@
 //     only after the transaction holding the entry was fsync'd, and every
 //     commit is fsync'd, acks included: a commit that is not lets bbolt
 //     reuse, in the next one, pages of the last state that is on disk,
-//     which a power cut then falls back to. Concurrent Puts share one
+//     which a power cut then falls back to. A commit is one fdatasync of
+//     its pages and its meta page together (bbolt alone does two, pages
+//     then meta page): a power cut during it may leave the meta page on
+//     disk without all its pages, a commit nobody was answered for, and
+//     Open returns to the commit before it (rollback.go; Stats.RolledBack)
+//     and stores the cut commit's intact new messages again, so that
+//     damage to an answered last commit loses no more than the damaged
+//     records. Concurrent Puts share one
 //     transaction (group commit), so throughput grows with the number of
 //     producers while each still waits for its own fsync. Acks are
 //     coalesced: an ack-only batch waits up to 5 ms (ackLinger) for more
@@ -138,8 +145,9 @@
 //
 // # Caveats
 //
-//   - bbolt does two fdatasyncs per commit; a single producer's rate is one
-//     commit latency per message. Use more producers or Interval durability.
+//   - Every commit is an fdatasync; a single producer that waits for each
+//     answer gets one commit latency per message. Pipeline (several Puts in
+//     flight), use more producers, or Interval durability.
 //   - The file never shrinks by itself; Compact rewrites it.
 //   - Deletes are done by key, collected first and applied in bounded
 //     batches: deleting from the head with a First() loop is quadratic.
