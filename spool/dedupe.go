@@ -48,7 +48,7 @@ func (l *dedupeList) flush(tx *bolt.Tx) error {
 	if len(l.buf) == 0 {
 		return nil
 	}
-	err := tx.Bucket(bktDedupeExp).Put(timeKey(l.exp, u64(l.first)), l.buf)
+	err := fillPages(tx, bktDedupeExp).Put(timeKey(l.exp, u64(l.first)), l.buf)
 	l.buf = nil
 	return err
 }

@@ -217,11 +217,11 @@ func (t *txn) laneOf(id uint64) (uint8, bool) {
 
 func (t *txn) addQueued(id uint64, r *record) error {
 	v := r.encode(id)
-	if err := t.tx.Bucket(bktLanes[r.priority]).Put(u64(id), v); err != nil {
+	if err := fillPages(t.tx, bktLanes[r.priority]).Put(u64(id), v); err != nil {
 		return err
 	}
 	if r.expires != 0 {
-		if err := t.tx.Bucket(bktExpiry).Put(timeKey(r.expires, u64(id)), []byte{r.priority}); err != nil {
+		if err := fillPages(t.tx, bktExpiry).Put(timeKey(r.expires, u64(id)), []byte{r.priority}); err != nil {
 			return err
 		}
 	}
@@ -301,7 +301,7 @@ func (t *txn) ack(ids []uint64) error {
 		if retain {
 			r.kind, r.stamp, r.text = kindDelivered, t.now, ""
 			v := r.encode(id)
-			if err := t.tx.Bucket(bktDelivered).Put(u64(id), v); err != nil {
+			if err := fillPages(t.tx, bktDelivered).Put(u64(id), v); err != nil {
 				return err
 			}
 			t.c.addRet(id, int64(len(v)+8))
@@ -327,7 +327,7 @@ func (t *txn) nack(ids []uint64) error {
 		if !ok {
 			continue
 		}
-		b := t.tx.Bucket(bktLanes[lane])
+		b := fillPages(t.tx, bktLanes[lane])
 		key := u64(id)
 		r, err := decodeRecord(key, b.Get(key))
 		if err != nil {
@@ -351,7 +351,7 @@ func (t *txn) bump(id uint64, n uint32) error {
 	if !ok {
 		return nil
 	}
-	b := t.tx.Bucket(bktLanes[lane])
+	b := fillPages(t.tx, bktLanes[lane])
 	key := u64(id)
 	r, err := decodeRecord(key, b.Get(key))
 	if err != nil {
@@ -368,7 +368,7 @@ func (t *txn) bump(id uint64, n uint32) error {
 func (t *txn) toDLQ(id uint64, r record, reason string) error {
 	r.kind, r.stamp, r.text = kindDead, t.now, reason
 	v := r.encode(id)
-	if err := t.tx.Bucket(bktDLQ).Put(u64(id), v); err != nil {
+	if err := fillPages(t.tx, bktDLQ).Put(u64(id), v); err != nil {
 		return err
 	}
 	t.c.addDLQ(id, int64(len(v)+8))
