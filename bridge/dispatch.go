@@ -131,9 +131,10 @@ func appendIDs(dst []uint64, items []spool.Item) []uint64 {
 
 // prepare decodes a leased message into its upstream topic and payload, or
 // says why it must be dead-lettered. The payload is valid until the next
-// prepare. Only the leaser calls it.
+// prepare. Only the leaser calls it. it.Data is the Item's own copy of the
+// record, read by nothing after this, so the message takes it over.
 func (b *Bridge) prepare(it *spool.Item) (m *message.Message, topic string, payload []byte, deadReason string) {
-	m, err := message.Decode(it.Data)
+	m, err := message.DecodeOwned(it.Data)
 	if err != nil {
 		return nil, "", nil, "undecodable: " + err.Error()
 	}

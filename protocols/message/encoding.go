@@ -213,9 +213,37 @@ func Decode(b []byte) (*Message, error) {
 	return m, nil
 }
 
+// DecodeOwned is Decode for a caller that hands b over: the Message's
+// payload is b's tail and its strings come from one copy of b, so b must
+// not be modified or reused afterwards. One allocation for every string
+// and none for the payload, where Decode makes one each. For a record
+// read into a buffer of its own (a leased spool item).
+func DecodeOwned(b []byte) (*Message, error) {
+	d := decoder{b: b, s: string(b), owned: true}
+	m, err := d.message()
+	if err != nil {
+		return nil, fmt.Errorf("message: decode at byte %d: %w", d.off, err)
+	}
+	return m, nil
+}
+
 type decoder struct {
-	b   []byte
-	off int
+	b     []byte
+	off   int
+	s     string // owned: b as a string, whose substrings are the strings
+	owned bool   // the payload may alias b
+}
+
+// payload is p, a part of b, as the Message's payload (nil when empty).
+func (d *decoder) payload(p []byte) []byte {
+	switch {
+	case len(p) == 0:
+		return nil
+	case d.owned:
+		return p[:len(p):len(p)] // an append must not write into b
+	default:
+		return append([]byte(nil), p...)
+	}
 }
 
 func (d *decoder) message() (*Message, error) {
@@ -285,9 +313,7 @@ func (d *decoder) message() (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(p) > 0 {
-		m.Payload = append([]byte(nil), p...)
-	}
+	m.Payload = d.payload(p)
 	if d.off != len(d.b) {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(d.b)-d.off)
 	}
@@ -383,9 +409,7 @@ func (d *decoder) messageV2() (*Message, error) {
 			}
 		}
 	}
-	if d.off < len(d.b) {
-		m.Payload = append([]byte(nil), d.b[d.off:]...)
-	}
+	m.Payload = d.payload(d.b[d.off:])
 	d.off = len(d.b)
 	if !utf8.ValidString(m.Topic) {
 		return nil, fmt.Errorf("%w: topic is not valid UTF-8", ErrMalformed)
@@ -450,7 +474,13 @@ func (d *decoder) string() (string, error) {
 	if err == nil && d.b[0] == encodingV2 && d.off-at != uvarintLen(uint64(len(b)))+len(b) {
 		return "", fmt.Errorf("%w: overlong length", ErrMalformed)
 	}
-	return string(b), err
+	if err != nil {
+		return "", err
+	}
+	if d.owned {
+		return d.s[d.off-len(b) : d.off], nil
+	}
+	return string(b), nil
 }
 
 func appendString(dst []byte, s string) []byte {

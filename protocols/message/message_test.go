@@ -47,6 +47,12 @@ func TestEncodeRoundTrip(t *testing.T) {
 			if !equal(got, m) {
 				t.Fatalf("round trip:\n got %+v\nwant %+v", got, m)
 			}
+			if got, err := DecodeOwned(bytes.Clone(b)); err != nil || !equal(got, m) {
+				t.Fatalf("DecodeOwned: %v\n got %+v\nwant %+v", err, got, m)
+			}
+			if got, err := DecodeOwned(encodeV1(m)); err != nil || !equal(got, m) {
+				t.Fatalf("DecodeOwned, version 1: %v\n got %+v\nwant %+v", err, got, m)
+			}
 			// Version 1, as files written before version 2 hold it.
 			if got, err := Decode(encodeV1(m)); err != nil || !equal(got, m) {
 				t.Fatalf("version 1: %v\n got %+v\nwant %+v", err, got, m)
@@ -142,8 +148,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
+		owned, oerr := DecodeOwned(bytes.Clone(b))
+		if (err == nil) != (oerr == nil) || err != nil && err.Error() != oerr.Error() {
+			t.Fatalf("Decode: %v, DecodeOwned: %v", err, oerr)
+		}
 		if err != nil {
 			return
+		}
+		if !equal(owned, m) {
+			t.Fatalf("DecodeOwned:\n got %+v\nwant %+v", owned, m)
 		}
 		again := Encode(nil, m)
 		if b[0] == encodingV2 && !bytes.Equal(again, b) {
@@ -155,6 +168,71 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("version %d input re-encoded: %v\n got %+v\nwant %+v", b[0], err, m2, m)
 		}
 	})
+}
+
+// TestDecodeOwnedAliases: DecodeOwned's payload is the record's tail, and
+// growing it does not write into the record's buffer.
+func TestDecodeOwnedAliases(t *testing.T) {
+	rec := Encode(nil, sample())
+	b := append(make([]byte, 0, len(rec)+16), rec...) // room after the record
+	m, err := DecodeOwned(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &m.Payload[0] != &b[len(b)-len(m.Payload)] {
+		t.Fatal("payload is a copy, not the record's tail")
+	}
+	_ = append(m.Payload, 'X')
+	if b[:len(b)+1][len(b)] == 'X' {
+		t.Fatal("an append to the payload wrote into the record's buffer")
+	}
+	if m2, err := Decode(rec); err != nil || !equal(m, m2) {
+		t.Fatalf("Decode of the same record: %v\n got %+v\nwant %+v", err, m2, m)
+	}
+}
+
+// TestDecodeOwnedAllocations: the bridge decodes every message it sends
+// with DecodeOwned; the message, one string for all its strings, the hex
+// id and the joined upstream topic are its only allocations.
+func TestDecodeOwnedAllocations(t *testing.T) {
+	b := Encode(nil, routedSample())
+	owned := testing.AllocsPerRun(100, func() {
+		if _, err := DecodeOwned(b); err != nil {
+			t.Fatal(err)
+		}
+	})
+	copied := testing.AllocsPerRun(100, func() {
+		if _, err := Decode(b); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if owned > 4 || owned >= copied {
+		t.Fatalf("DecodeOwned %.0f allocations, Decode %.0f: want at most 4 and fewer than Decode", owned, copied)
+	}
+}
+
+func routedSample() *Message {
+	return &Message{ID: NewID(time.Unix(1, 0)), Topic: "sensors/t1", UpstreamTopic: "sites/edge/sensors/t1", Payload: make([]byte, 256),
+		QoS: 1, UpstreamQoS: 1, Source: Source{Protocol: ProtoMQTT, ClientID: "device-0042"}, AcceptedAt: time.Unix(1, 0),
+		DedupeKey: "r:device-0042:4711"}
+}
+
+// BenchmarkDecode is the bridge's decoding of a leased message.
+func BenchmarkDecode(b *testing.B) {
+	rec := Encode(nil, routedSample())
+	for _, c := range []struct {
+		name   string
+		decode func([]byte) (*Message, error)
+	}{{"copy", Decode}, {"owned", DecodeOwned}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.decode(rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 func TestTopicMapping(t *testing.T) {
