@@ -242,10 +242,13 @@ type SalvageReport struct {
 	// promised and no copy of was found).
 	Lost        int  `json:"lost"`
 	LostUnknown bool `json:"lost_unknown"`
-	RawScan     bool `json:"raw_scan"`
+	// RawScan: records were also found by scanning pages, so some may be
+	// messages that were already delivered. Not set when only intact copies
+	// of damaged records of a whole tree were looked for there.
+	RawScan bool `json:"raw_scan"`
 	// StateKept is the local state records (state.go) copied; the raw
 	// page scan does not look for state.
-	StateKept int       `json:"state_kept"` // records were also found by scanning pages: some may be messages that were already delivered
+	StateKept int       `json:"state_kept"`
 	Completed time.Time `json:"completed"`
 }
 

@@ -202,15 +202,7 @@ func TestCorruptionErrorSaysWhere(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := spool.Open(path, spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	rep := s.Salvaged()
-	if rep == nil {
-		t.Fatal("not salvaged")
-	}
+	_, rep := spool.OpenSalvaged(t, path, spool.Options{})
 	key := make([]byte, 8)
 	binary.BigEndian.PutUint64(key, 8)
 	if want := fmt.Sprintf(`bucket "lane0", key %x`, key); !strings.Contains(rep.Cause, want) {

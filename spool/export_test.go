@@ -1,5 +1,7 @@
 package spool
 
+import "testing"
+
 // Children are the child processes of this package's own tests (the
 // package-internal ones), by the environment variable that makes the test
 // binary one of them. TestMain is in package spool_test (main_test.go),
@@ -9,4 +11,20 @@ var Children = map[string]func(){
 	batchKillEnv:  runPutBatchKillChild,
 	failEnv:       runWriterFailureChild,
 	openReportEnv: runOpenReportChild,
+}
+
+// OpenSalvaged opens the spool at path, which must be salvaged on the way,
+// and returns it (closed when the test ends) with the salvage report.
+func OpenSalvaged(t *testing.T, path string, o Options) (*Spool, *SalvageReport) {
+	t.Helper()
+	s, err := Open(path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	rep := s.Salvaged()
+	if rep == nil {
+		t.Fatal("not salvaged")
+	}
+	return s, rep
 }

@@ -128,7 +128,9 @@ type salvaged struct {
 // not match the records, a damaged meta page), it also walks the tree of
 // the other meta page (one commit older) and scans every page of the file
 // for intact records: nothing readable is left behind, at the price of
-// bringing back messages that were already delivered (at-least-once). The
+// bringing back messages that were already delivered (at-least-once). When
+// the tree is all there but some of its records are damaged, only those
+// ids are looked for on every page (an older intact copy of each). The
 // report's Lost is exact when the first tree was complete, else the least
 // number lost (LostUnknown).
 func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
@@ -173,16 +175,31 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 		}
 		b.close()
 	}
-	if !exact {
+	// A tree that is whole but for damaged records (a torn page of a commit
+	// whose meta page reached the disk, in Interval durability) keeps its
+	// count exact: only the damaged ids are looked for on every page, where
+	// the last synced copy of each may be intact (the pin kept it).
+	missing := map[uint64]bool{}
+	if exact {
+		for _, id := range bad {
+			if _, ok := found[id]; !ok {
+				missing[id] = true
+			}
+		}
+	}
+	if !exact || len(missing) > 0 {
 		recs, _, err := rawScan(path)
 		if err != nil && len(found) == 0 {
 			return nil, err
 		}
 		for _, x := range recs {
+			if exact && !missing[x.id] {
+				continue // gone from the tree: acked, not to come back
+			}
 			keep(x.id, x.r)
 			nextID = max(nextID, x.id+1)
 		}
-		rep.RawScan = true
+		rep.RawScan = !exact // copies of damaged live records bring nothing delivered back
 	}
 	lostBad := 0
 	for _, id := range bad {
