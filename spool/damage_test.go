@@ -214,22 +214,59 @@ func TestCorruptionErrorSaysWhere(t *testing.T) {
 // created leaves a few pages of zeros and bbolt header; Open starts over
 // (moving the remains aside) instead of refusing "not a ferry spool".
 func TestInterruptedCreateIsStarted(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "spool.db")
-	b := make([]byte, 16384)
-	binary.LittleEndian.PutUint32(b[16:], 0xED0CDAED) // a meta page's magic, the rest lost
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s, err := spool.Open(path, spool.Options{})
+	// What bbolt writes when it creates a file: two meta pages, an empty
+	// freelist and an empty leaf, in one write.
+	created := filepath.Join(t.TempDir(), "created.db")
+	db, err := bolt.Open(created, 0o600, nil)
 	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer s.Close()
-	if s.Salvaged() == nil {
-		t.Fatal("no report: the remains were not moved aside")
-	}
-	if _, err := s.Put(t.Context(), spool.Entry{Data: []byte("x")}); err != nil {
 		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	init, err := os.ReadFile(created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(init) != 4*os.Getpagesize() {
+		t.Fatalf("bbolt created a file of %d bytes, want 4 pages", len(init))
+	}
+	ps := os.Getpagesize()
+	torn := func(keep ...int) []byte { // the init write with only these 512-byte sectors on disk
+		b := make([]byte, len(init))
+		for _, i := range keep {
+			copy(b[i*512:(i+1)*512], init[i*512:])
+		}
+		return b
+	}
+	magicOnly := make([]byte, 16384)
+	binary.LittleEndian.PutUint32(magicOnly[16:], 0xED0CDAED) // a meta page's magic, the rest lost
+	for name, b := range map[string][]byte{
+		"magic only": magicOnly,
+		"zeros":      make([]byte, 16384),
+		// A torn create: both meta pages lost, the freelist's and the
+		// leaf's headers written (found by TestPowerCut: "not a ferry
+		// spool").
+		"freelist and leaf, no meta": torn(2*ps/512, 3*ps/512),
+		"leaf only":                  torn(3 * ps / 512),
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "spool.db")
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err := spool.Open(path, spool.Options{})
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			defer s.Close()
+			if s.Salvaged() == nil {
+				t.Fatal("no report: the remains were not moved aside")
+			}
+			if _, err := s.Put(t.Context(), spool.Entry{Data: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -24,6 +23,7 @@ const (
 	pageHeaderSize  = 16
 	leafElemSize    = 16
 	leafPageFlag    = 0x02
+	metaPageFlag    = 0x04
 	bucketLeafFlag  = 0x01
 	metaChecksumEnd = 56 // the meta fields the checksum covers
 )
@@ -88,31 +88,88 @@ func validMeta(p []byte) (bool, uint32) {
 // nothing) and "this is a spool with its header destroyed" (salvage).
 //
 // A file that holds Ferry records is a spool, whatever else is wrong with
-// it. So is a file no larger than what bbolt writes when it creates one
-// (four pages) that holds nothing but zeros or bbolt's magic: its creation
-// was cut short (a power cut during the first start).
+// it. So is a file that is part of what bbolt writes when it creates one
+// (four pages, in one write): its creation was cut short (a power cut
+// during the first start).
 func notSpoolOrDamaged(path string, why error) error {
 	recs, _, err := rawScan(path)
 	if err == nil && len(recs) > 0 {
 		return &CorruptionError{Path: path, Bucket: "(root)", Err: fmt.Errorf("%w: %w, but it holds %d Ferry records", errMetaDamaged, why, len(recs))}
 	}
-	if b, err := os.ReadFile(path); err == nil && len(b) <= 4*4096 && interruptedCreate(b) {
+	if b, err := readSmall(path, 4*maxCreatePage); err == nil && interruptedCreate(b) {
 		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w: a new spool file whose creation was cut short", errMetaDamaged, why)}
 	}
 	return fmt.Errorf("%w: %s: %w", ErrNotSpool, path, why)
 }
 
-// interruptedCreate reports whether b looks like what bbolt's creation of
-// a file left after a crash: zeros, and maybe its magic at a meta page.
+// maxCreatePage is the largest page size interruptedCreate considers.
+const maxCreatePage = 65536
+
+// readSmall reads the file at path when it holds at most limit bytes.
+func readSmall(path string, limit int64) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes", path, fi.Size())
+	}
+	return os.ReadFile(path)
+}
+
+// interruptedCreate reports whether b can be what bbolt's creation of a
+// file left after a power cut: every byte is either zero or the byte
+// bbolt's creation writes there (createdFile), at one of the page sizes
+// bbolt may have used. A torn write keeps any subset of its sectors, so
+// the meta pages may be gone while the freelist's and the leaf's headers
+// are there.
 func interruptedCreate(b []byte) bool {
-	var magicLE [4]byte
-	binary.LittleEndian.PutUint32(magicLE[:], boltMagic)
-	for _, x := range b {
-		if x != 0 {
-			return bytes.Contains(b, magicLE[:])
+	for _, ps := range []int{4096, os.Getpagesize(), 16384, maxCreatePage} {
+		if len(b) > 4*ps {
+			continue
+		}
+		img := createdFile(ps)
+		ok := true
+		for i, x := range b {
+			if x != 0 && x != img[i] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
 		}
 	}
-	return true
+	return false
+}
+
+// createdFile is what bbolt writes when it creates a file with page size
+// ps (bbolt's DB.init): two meta pages (transactions 0 and 1, the root
+// bucket at page 3, the freelist at page 2), an empty freelist page and an
+// empty leaf page.
+func createdFile(ps int) []byte {
+	b := make([]byte, 4*ps)
+	for i := range 2 {
+		p := b[i*ps:]
+		binary.LittleEndian.PutUint64(p[0:], uint64(i))
+		binary.LittleEndian.PutUint16(p[8:], metaPageFlag)
+		m := p[pageHeaderSize:]
+		binary.LittleEndian.PutUint32(m[0:], boltMagic)
+		binary.LittleEndian.PutUint32(m[4:], boltVersion)
+		binary.LittleEndian.PutUint32(m[8:], uint32(ps))
+		binary.LittleEndian.PutUint64(m[16:], 3) // root bucket's page
+		binary.LittleEndian.PutUint64(m[32:], 2) // freelist
+		binary.LittleEndian.PutUint64(m[40:], 4) // high-water mark
+		binary.LittleEndian.PutUint64(m[48:], uint64(i))
+		h := fnv.New64a()
+		h.Write(m[:metaChecksumEnd])
+		binary.LittleEndian.PutUint64(m[metaChecksumEnd:], h.Sum64())
+	}
+	binary.LittleEndian.PutUint64(b[2*ps:], 2)
+	binary.LittleEndian.PutUint16(b[2*ps+8:], freelistPageFlag)
+	binary.LittleEndian.PutUint64(b[3*ps:], 3)
+	binary.LittleEndian.PutUint16(b[3*ps+8:], leafPageFlag)
+	return b
 }
 
 type salvaged struct {

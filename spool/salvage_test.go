@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestSalvageTakesAnIntactCopyOfADamagedRecord: in Interval durability a
@@ -126,5 +128,25 @@ func TestSalvageTakesAnIntactCopyOfADamagedRecord(t *testing.T) {
 	if len(seen) != 39 || !seen["message-0007"] || seen["message-0003"] {
 		t.Fatalf("after the salvage the spool holds %d distinct messages (message-0007: %v, the acked message-0003: %v), want the 39 not acked",
 			len(seen), seen["message-0007"], seen["message-0003"])
+	}
+}
+
+// TestCreatedFileIsBboltsOwn: interruptedCreate compares a file with
+// createdFile, which must be byte for byte what bbolt writes when it
+// creates one.
+func TestCreatedFileIsBboltsOwn(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "created.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readFile(t, path), createdFile(os.Getpagesize()); !bytes.Equal(got, want) {
+		t.Fatalf("bbolt created %d bytes that differ from createdFile's %d", len(got), len(want))
+	}
+	if interruptedCreate([]byte("not a spool, just text")) {
+		t.Fatal("a small text file taken for an interrupted create")
 	}
 }
