@@ -77,7 +77,9 @@
 //     of whose pages are older than its meta page is well-formed but
 //     damaged. On any problem salvage keeps every intact record, through the
 //     checked tree walk of both meta pages and, when the tree is not all
-//     there, by scanning raw pages as well; its report (kept, lost — exact
+//     there, by scanning raw pages as well (when it is all there but for
+//     damaged records, the raw pages are searched for intact copies of
+//     those records alone); its report (kept, lost — exact
 //     or "unknown, at least N" — cause and where, and where the damaged
 //     file went) is kept in the fresh file (Stats.Salvage).
 //   - Any other storage failure (an I/O error, a panic inside bbolt) stops
