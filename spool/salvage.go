@@ -251,7 +251,7 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 		}
 		for _, x := range recs {
 			if exact && !missing[x.id] {
-				continue // gone from the tree: acked, not to come back
+				continue // the tree has it intact, or it was acked: not to come back
 			}
 			keep(x.id, x.r)
 			nextID = max(nextID, x.id+1)
