@@ -214,20 +214,7 @@ func TestCorruptionErrorSaysWhere(t *testing.T) {
 // created leaves a few pages of zeros and bbolt header; Open starts over
 // (moving the remains aside) instead of refusing "not a ferry spool".
 func TestInterruptedCreateIsStarted(t *testing.T) {
-	// What bbolt writes when it creates a file: two meta pages, an empty
-	// freelist and an empty leaf, in one write.
-	created := filepath.Join(t.TempDir(), "created.db")
-	db, err := bolt.Open(created, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	init, err := os.ReadFile(created)
-	if err != nil {
-		t.Fatal(err)
-	}
+	init := spool.BboltCreated(t)
 	if len(init) != 4*os.Getpagesize() {
 		t.Fatalf("bbolt created a file of %d bytes, want 4 pages", len(init))
 	}

@@ -1,6 +1,12 @@
 package spool
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 // Children are the child processes of this package's own tests (the
 // package-internal ones), by the environment variable that makes the test
@@ -27,4 +33,23 @@ func OpenSalvaged(t *testing.T, path string, o Options) (*Spool, *SalvageReport)
 		t.Fatal("not salvaged")
 	}
 	return s, rep
+}
+
+// BboltCreated returns the file bbolt writes when it creates one: two meta
+// pages, an empty freelist and an empty leaf, in one write.
+func BboltCreated(t *testing.T) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "created.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

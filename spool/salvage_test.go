@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // TestSalvageTakesAnIntactCopyOfADamagedRecord: in Interval durability a
@@ -135,15 +133,7 @@ func TestSalvageTakesAnIntactCopyOfADamagedRecord(t *testing.T) {
 // createdFile, which must be byte for byte what bbolt writes when it
 // creates one.
 func TestCreatedFileIsBboltsOwn(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "created.db")
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := readFile(t, path), createdFile(os.Getpagesize()); !bytes.Equal(got, want) {
+	if got, want := BboltCreated(t), createdFile(os.Getpagesize()); !bytes.Equal(got, want) {
 		t.Fatalf("bbolt created %d bytes that differ from createdFile's %d", len(got), len(want))
 	}
 	if interruptedCreate([]byte("not a spool, just text")) {

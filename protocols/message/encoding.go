@@ -219,7 +219,7 @@ func Decode(b []byte) (*Message, error) {
 // and none for the payload, where Decode makes one each. For a record
 // read into a buffer of its own (a leased spool item).
 func DecodeOwned(b []byte) (*Message, error) {
-	d := decoder{b: b, s: string(b), owned: true}
+	d := decoder{b: b, s: string(b)}
 	m, err := d.message()
 	if err != nil {
 		return nil, fmt.Errorf("message: decode at byte %d: %w", d.off, err)
@@ -228,18 +228,23 @@ func DecodeOwned(b []byte) (*Message, error) {
 }
 
 type decoder struct {
-	b     []byte
-	off   int
-	s     string // owned: b as a string, whose substrings are the strings
-	owned bool   // the payload may alias b
+	b   []byte
+	off int
+	// s is b as a string for DecodeOwned ("" for Decode): the strings are
+	// its substrings and the payload aliases b.
+	s string
 }
+
+// owned reports whether the decoder took b over (DecodeOwned). b is never
+// empty past the first check, so neither is s then.
+func (d *decoder) owned() bool { return d.s != "" }
 
 // payload is p, a part of b, as the Message's payload (nil when empty).
 func (d *decoder) payload(p []byte) []byte {
 	switch {
 	case len(p) == 0:
 		return nil
-	case d.owned:
+	case d.owned():
 		return p[:len(p):len(p)] // an append must not write into b
 	default:
 		return append([]byte(nil), p...)
@@ -477,7 +482,7 @@ func (d *decoder) string() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if d.owned {
+	if d.owned() {
 		return d.s[d.off-len(b) : d.off], nil
 	}
 	return string(b), nil
