@@ -186,12 +186,6 @@ type Stats struct {
 	// Salvage is the report of the salvage that made this file (by this
 	// process or an earlier one); nil if it never was salvaged.
 	Salvage *SalvageReport
-	// RolledBack is the transaction id Open returned to when the file's
-	// last commit had been cut short by a power loss (its meta page on
-	// disk without all its pages; see Open); 0: none. Rescued: how many
-	// intact new messages of that commit Open stored again.
-	RolledBack uint64
-	Rescued    int
 
 	// Counters since Open.
 	Accepted     uint64
@@ -204,7 +198,7 @@ type Stats struct {
 	Commits      uint64        // write transactions
 	CommitOps    uint64        // operations in them (CommitOps/Commits = mean batch)
 	CommitTime   time.Duration // total time in Update incl. fsync
-	Syncs        uint64        // fsyncs issued: one per commit in Sync durability (two per synced commit in Interval, and the tick's)
+	Syncs        uint64        // fsyncs issued: two per synced commit (bbolt: pages, then the meta page), and Interval's tick
 	// CommitDurations counts commits by duration (fsync included):
 	// CommitDurations[i] those up to CommitBuckets[i], the last one the
 	// rest. Not cumulative.

@@ -35,8 +35,7 @@ func fillAndClose(t *testing.T, n int) string {
 
 // editBolt changes the file with bbolt directly, behind the spool's back,
 // and commits once more, so that the trees of both meta pages have the
-// change: damage only the newest tree has is the shape of a commit cut
-// short, which Open rolls back instead of salvaging (rollback.go).
+// change: a salvage finds no older, intact copy of what it damaged.
 func editBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
@@ -189,8 +188,7 @@ func TestCorruptionErrorSaysWhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every copy of the record: damage only the newest tree has is the
-	// shape of a commit cut short, which Open rolls back (rollback.go).
+	// Every copy of the record, so that no intact one is left to salvage.
 	for off := 0; ; {
 		i := strings.Index(string(b[off:]), "message-0007")
 		if i < 0 {

@@ -18,15 +18,15 @@
 //     only after the transaction holding the entry was fsync'd, and every
 //     commit is fsync'd, acks included: a commit that is not lets bbolt
 //     reuse, in the next one, pages of the last state that is on disk,
-//     which a power cut then falls back to. A commit is one fdatasync of
-//     its pages and its meta page together (bbolt alone does two, pages
-//     then meta page): a power cut during it may leave the meta page on
-//     disk without all its pages, a commit nobody was answered for, and
-//     Open returns to the commit before it (rollback.go; Stats.RolledBack)
-//     and stores the cut commit's intact new messages again, so that
-//     damage to an answered last commit loses no more than the damaged
-//     records. Concurrent Puts share one
-//     transaction (group commit), so throughput grows with the number of
+//     which a power cut then falls back to. A commit is bbolt's two
+//     fdatasyncs, its pages and then its meta page: a power cut leaves the
+//     new meta page out or torn (its checksum fails), never pointing at
+//     pages that are not on disk, so a newest tree that fails Open's check
+//     is damage, salvaged and reported. (One fdatasync of both together
+//     made such a file look like a commit cut short, which nobody was
+//     answered for, and damage to an answered last commit was lost
+//     without a word: TestDamagedLastCommitIsReported.) Concurrent Puts
+//     share one transaction (group commit), so throughput grows with the number of
 //     producers while each still waits for its own fsync. Acks are
 //     coalesced: an ack-only batch waits up to 5 ms (ackLinger) for more
 //     acks or a Put to share its commit, up to 8192 ids (maxAckIDs); Ack
@@ -147,8 +147,8 @@
 //
 // # Caveats
 //
-//   - Every commit is an fdatasync; a single producer that waits for each
-//     answer gets one commit latency per message. Pipeline (several Puts in
+//   - Every commit is two fdatasyncs; a single producer that waits for
+//     each answer gets one commit latency per message. Pipeline (several Puts in
 //     flight), use more producers, or Interval durability.
 //   - The file never shrinks by itself; Compact rewrites it.
 //   - Deletes are done by key, collected first and applied in bounded

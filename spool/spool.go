@@ -63,9 +63,6 @@ type Spool struct {
 	done    chan struct{}
 
 	salvage     *SalvageReport // the salvage this Open did
-	rolledBack  uint64         // Open returned to this transaction (rollback.go)
-	rescue      []Entry        // the new messages of the rolled back commit, stored again at Open
-	rescued     int            // how many of them were
 	lastSalvage *SalvageReport // the one that made the file (read at Open)
 	checkedSums [Lanes + 2]uint64
 	leakedLock  bool // bbolt panicked at Open holding the file's lock
@@ -137,10 +134,7 @@ type counters struct {
 // ErrNotSpool, a newer format with ErrVersion; neither file is touched. A
 // damaged spool is salvaged: every readable message is copied into a fresh
 // file at path, the damaged file is renamed aside, and Salvaged reports what
-// was kept and lost. A file whose last commit was cut short by a power loss
-// (its meta page written, not all its pages) is not damaged: Open returns it
-// to the commit before, which nobody was told was durable, logs it and
-// reports it in Stats.RolledBack.
+// was kept and lost.
 func Open(path string, opts Options) (*Spool, error) {
 	opts = withDefaults(opts)
 	if err := checkAddressSpace(opts.MaxBytes, maxInt); err != nil {
@@ -168,26 +162,7 @@ func Open(path string, opts Options) (*Spool, error) {
 	}
 	s.warnSpace()
 	go s.run()
-	s.storeRescued()
 	return s, nil
-}
-
-// storeRescued stores again the intact new messages of a commit Open
-// rolled back (rollback.go), in one transaction after everything kept.
-func (s *Spool) storeRescued() {
-	if len(s.rescue) == 0 {
-		return
-	}
-	n := len(s.rescue)
-	_, err := s.PutBatch(context.Background(), s.rescue)
-	s.rescue = nil
-	if err != nil {
-		s.log.Error("spool: could not store again the messages of the rolled back commit: they are lost", "path", s.path, "messages", n, "err", err)
-		return
-	}
-	s.mu.Lock()
-	s.rescued = n
-	s.mu.Unlock()
 }
 
 func withDefaults(o Options) Options {
@@ -406,21 +381,6 @@ func (s *Spool) check() error {
 		return err
 	}
 	c, err := checkedTree(s.path)
-	var ce *CorruptionError
-	if errors.As(err, &ce) {
-		txid, rescue, rerr := rollBackCutCommit(s.path, ce)
-		switch {
-		case errors.Is(rerr, errNotTorn):
-			// Not one cut commit: salvage (open).
-		case rerr != nil:
-			return rerr
-		default:
-			s.log.Warn("spool: the last commit was cut short (power loss during its fsync): returned to the commit before it; the cut commit had not been confirmed to anyone",
-				"path", s.path, "txid", txid, "damage", ce, "messages_stored_again", len(rescue))
-			s.rolledBack, s.rescue = txid, rescue
-			c, err = checkedTree(s.path)
-		}
-	}
 	if err == nil {
 		s.checkedSums = c.found.sums
 	}
@@ -1028,8 +988,6 @@ func (s *Spool) Stats() Stats {
 		Full:            s.full,
 		DiskFull:        s.diskFullStat,
 		Salvage:         s.lastSalvage,
-		RolledBack:      s.rolledBack,
-		Rescued:         s.rescued,
 		Accepted:        k.accepted,
 		Duplicates:      k.duplicates,
 		Acked:           k.acked,

@@ -619,11 +619,7 @@ func checkedTree(path string) (*contents, error) {
 		return nil, corruption(path, err)
 	}
 	defer b.close()
-	return checkedTreeOf(path, b, b.meta())
-}
-
-// checkedTreeOf is checkedTree for the tree of the meta page m of b.
-func checkedTreeOf(path string, b *boltFile, m *metaPage) (*contents, error) {
+	m := b.meta()
 	if int64(m.pgid)*b.psize > b.size {
 		return nil, corruption(path, damageAt(0, "file has %d bytes, its pages need %d: truncated", b.size, int64(m.pgid)*b.psize))
 	}

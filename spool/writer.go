@@ -385,30 +385,16 @@ func (s *Spool) collect() *pending {
 // runs again without the batch's new messages (refused ErrFull), so that
 // acks, which free space, still commit.
 func (s *Spool) execute(batch []*op, w *pending, noSync bool) (*txn, error) {
-	// In Sync durability a commit is written whole (pages, then the meta
-	// page) and fsync'd once, where bbolt would fsync the pages and then
-	// the meta page: a power cut during that one fsync may leave the new
-	// meta page on disk without all its pages, a commit nobody was
-	// answered for, which Open rolls back to the commit before it
-	// (rollback.go). Interval's synced commits keep bbolt's two fsyncs:
-	// they follow unsynced commits, and TestPowerCut/interval loses
-	// acknowledged messages with one.
-	single := !noSync && s.opts.Durability == Sync
-	s.db.NoSync = noSync || single
-	run := func() (*txn, error) {
-		t, err := s.runBatches(w.base, batch, w.apply)
-		if err == nil && single {
-			if err = s.db.Sync(); err != nil {
-				// The commit is in bbolt's memory but maybe not on
-				// disk: fatal (fatal sees the transaction id moved on).
-				return t, fmt.Errorf("fsync after commit: %w", err)
-			}
-			s.mu.Lock()
-			s.ctr.syncs++ // counted where it happens: Stats.Syncs = Commits is checked by tests
-			s.mu.Unlock()
-		}
-		return t, err
-	}
+	// A synced commit keeps bbolt's two fsyncs, the pages and then the
+	// meta page, and the answers wait for both. With one fsync of both
+	// together (2e25aa6), a power cut during it could leave the new meta
+	// page without all its pages, which Open cannot tell from damage to a
+	// commit that was answered: returning to the commit before lost such
+	// damaged records without a word (TestDamagedLastCommitIsReported).
+	// With two, a newest tree that fails the check is damage, and Open
+	// salvages and reports it.
+	s.db.NoSync = noSync
+	run := func() (*txn, error) { return s.runBatches(w.base, batch, w.apply) }
 	t, err := run()
 	if err != nil && t != nil {
 		s.release(t.reserved) // rolled back: nothing reserved was deleted
@@ -518,9 +504,7 @@ func (s *Spool) publish(t *txn, w *pending, ops int, elapsed time.Duration, noSy
 	}
 	k.commitHist[b]++
 	if !noSync {
-		if s.opts.Durability != Sync {
-			k.syncs += 2 // bbolt: pages, then the meta page (Sync durability counts its one in execute)
-		}
+		k.syncs += 2 // bbolt, in the Commit that returned: the pages, then the meta page
 	}
 	if t.full {
 		s.full = true
