@@ -266,7 +266,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		if err := g.startEmbedded(); err != nil {
 			return err
 		}
-		defer func() { _ = g.up.Close() }()
+		defer func() { _ = mqtt.CloseMochi(g.up) }()
 	}
 	brCtx, stopBridge := context.WithCancel(context.Background())
 	// One result per bridge: main's and every upstreams entry's.

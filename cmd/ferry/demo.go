@@ -35,6 +35,7 @@ import (
 	"github.com/ferrymq/ferry/gateway"
 	"github.com/ferrymq/ferry/gateway/config"
 	"github.com/ferrymq/ferry/internal/freeport"
+	"github.com/ferrymq/ferry/protocols/mqtt"
 )
 
 const demoUsage = "ferry demo [--duration 60s] [--devices 6] [--cut-every 15s] [--cut-for 5s] [--rate 50] [--no-crash] [--http ADDR]"
@@ -315,7 +316,7 @@ func runDemo(ctx context.Context, o demoOptions) (*demoSummary, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded upstream: %w", err)
 	}
-	defer func() { _ = up.Close() }()
+	defer func() { _ = mqtt.CloseMochi(up) }()
 	proxy, err := firmwaresim.NewProxy("127.0.0.1:0", upAddr)
 	if err != nil {
 		return nil, err

@@ -521,10 +521,31 @@ func (s *Server) StoreStats() StoreStats {
 // the second for good, and with it every later client and Close
 // (mochi-mqtt/server#488, seen here as a shutdown that never finished).
 // GetAll takes the lock once.
-func (s *Server) disconnectListener(id string) {
-	for _, cl := range s.ms.Clients.GetAll() {
+func (s *Server) disconnectListener(id string) { disconnectClients(s.ms, id) }
+
+// disconnectClients disconnects the clients of ms on the listener id
+// (DISCONNECT 0x8B to an MQTT 5 client), taking the clients' lock once.
+func disconnectClients(ms *mochi.Server, id string) {
+	for _, cl := range ms.Clients.GetAll() {
 		if cl.Net.Listener == id && !cl.Closed() {
-			_ = s.ms.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			_ = ms.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
 	}
+}
+
+// CloseMochi is ms.Close for a mochi broker with mochi's own listeners
+// (the development upstream, the demo's upstream) without the deadlock of
+// its closeListenerClients (disconnectListener): it closes every listener
+// with disconnectClients first and takes it out, so that ms.Close finds
+// none to close again.
+func CloseMochi(ms *mochi.Server) error {
+	var ids []string
+	ms.Listeners.CloseAll(func(id string) {
+		ids = append(ids, id)
+		disconnectClients(ms, id)
+	})
+	for _, id := range ids {
+		ms.Listeners.Delete(id)
+	}
+	return ms.Close()
 }
