@@ -15,6 +15,8 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/ferrymq/ferry/protocols/mqtt"
 )
 
 // startEmbedded runs the development upstream: a plain MQTT broker on
@@ -26,7 +28,7 @@ func (g *Gateway) startEmbedded() error {
 		return err
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "embedded-upstream", Address: g.cfg.Bridge.EmbeddedAddress})
-	if err := up.AddListener(tcp); err != nil {
+	if err := up.AddListener(mqtt.GuardListener(tcp)); err != nil {
 		return fmt.Errorf("bridge.embedded_address %s: %w", g.cfg.Bridge.EmbeddedAddress, err)
 	}
 	go func() {

@@ -272,7 +272,7 @@ func startUpstream() (*mochi.Server, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if err := srv.AddListener(listeners.NewNet("demo-upstream", ln)); err != nil {
+	if err := srv.AddListener(mqtt.GuardListener(listeners.NewNet("demo-upstream", ln))); err != nil {
 		_ = ln.Close()
 		return nil, "", err
 	}

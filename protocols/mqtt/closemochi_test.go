@@ -1,12 +1,15 @@
 package mqtt
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,5 +92,80 @@ func TestCloseMochiSkipsGetByListener(t *testing.T) {
 	}
 	if pk.typ != packets.Disconnect || len(pk.body) == 0 || pk.body[0] != packets.ErrServerShuttingDown.Code {
 		t.Fatalf("got packet type %d body %x, want DISCONNECT 0x8B", pk.typ, pk.body)
+	}
+}
+
+// serveOnly is a listener that hands mochi's establish function to the
+// test (Serve) and calls the CloseFn it is given (Close).
+type serveOnly struct {
+	listeners.Listener // not called
+	establish          chan listeners.EstablishFn
+}
+
+func (l *serveOnly) ID() string                           { return "fake" }
+func (l *serveOnly) Serve(est listeners.EstablishFn)      { l.establish <- est }
+func (l *serveOnly) Close(closeClients listeners.CloseFn) { closeClients("fake") }
+
+// TestGuardListenerLetsNothingInWhileClosing: a GuardListener's Close
+// waits for the connections it handed to mochi, and hands none once it is
+// closing, so that nothing adds to mochi's Listeners.ClientsWg while
+// mochi's Close waits on it (the "WaitGroup is reused" panic).
+func TestGuardListenerLetsNothingInWhileClosing(t *testing.T) {
+	inner := &serveOnly{establish: make(chan listeners.EstablishFn, 1)}
+	g := GuardListener(inner)
+	var mu sync.Mutex
+	var events []string
+	event := func(e string) {
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+	}
+	var reached atomic.Int32
+	inMochi := make(chan struct{})
+	leave := make(chan struct{})
+	go g.Serve(func(string, net.Conn) error {
+		if reached.Add(1) > 1 {
+			return nil // a second one: the test fails on it below
+		}
+		close(inMochi)
+		<-leave // a client's life in mochi
+		event("left")
+		return nil
+	})
+	est := <-inner.establish
+	c1, c2 := net.Pipe()
+	defer func() { _ = c2.Close() }()
+	first := make(chan error, 1)
+	go func() { first <- est("fake", c1) }()
+	<-inMochi
+	closing := make(chan struct{})
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		g.Close(func(string) { close(closing) })
+		event("closed")
+	}()
+	<-closing
+	d1, d2 := net.Pipe()
+	defer func() { _ = d2.Close() }()
+	if err := est("fake", d1); !errors.Is(err, errListenerClosed) {
+		t.Fatalf("a connection while closing: %v, want errListenerClosed", err)
+	}
+	close(leave)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(guard()):
+		t.Fatal("hang guard: Close did not return after the last connection left")
+	}
+	if n := reached.Load(); n != 1 {
+		t.Fatalf("%d connections reached mochi, want 1 (the one before Close)", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(events, []string{"left", "closed"}) {
+		t.Fatalf("events %v: Close returned before the connection in mochi left", events)
 	}
 }

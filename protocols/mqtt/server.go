@@ -532,20 +532,3 @@ func disconnectClients(ms *mochi.Server, id string) {
 		}
 	}
 }
-
-// CloseMochi is ms.Close for a mochi broker with mochi's own listeners
-// (the development upstream, the demo's upstream) without the deadlock of
-// its closeListenerClients (disconnectListener): it closes every listener
-// with disconnectClients first and takes it out, so that ms.Close finds
-// none to close again.
-func CloseMochi(ms *mochi.Server) error {
-	var ids []string
-	ms.Listeners.CloseAll(func(id string) {
-		ids = append(ids, id)
-		disconnectClients(ms, id)
-	})
-	for _, id := range ids {
-		ms.Listeners.Delete(id)
-	}
-	return ms.Close()
-}
