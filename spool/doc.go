@@ -26,8 +26,8 @@
 //     made such a file look like a commit cut short, which nobody was
 //     answered for, and damage to an answered last commit was lost
 //     without a word: TestDamagedLastCommitIsReported.) Concurrent Puts
-//     share one transaction (group commit), so throughput grows with the number of
-//     producers while each still waits for its own fsync. Acks are
+//     share one transaction (group commit), so throughput grows with the
+//     number of producers while each still waits for its own fsync. Acks are
 //     coalesced: an ack-only batch waits up to 5 ms (ackLinger) for more
 //     acks or a Put to share its commit, up to 8192 ids (maxAckIDs); Ack
 //     returns after its commit was fsync'd. In Interval durability Put

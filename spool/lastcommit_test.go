@@ -54,10 +54,10 @@ func readFile(t *testing.T, path string) []byte {
 func TestDamagedLastCommitIsReported(t *testing.T) {
 	for _, c := range []struct {
 		name   string
-		damage func(t *testing.T, img []byte, i int, psize int64)
+		damage func(img []byte, i int, psize int64)
 	}{
-		{"bit flip in a record", func(t *testing.T, img []byte, i int, _ int64) { img[i+7] ^= 1 }},
-		{"its page zeroed", func(t *testing.T, img []byte, i int, psize int64) {
+		{"bit flip in a record", func(img []byte, i int, _ int64) { img[i+7] ^= 1 }},
+		{"its page zeroed", func(img []byte, i int, psize int64) {
 			p := int64(i) / psize * psize
 			clear(img[p : p+psize])
 		}},
@@ -76,7 +76,7 @@ func TestDamagedLastCommitIsReported(t *testing.T) {
 			if i < 0 || bytes.Contains(img[i+1:], []byte("m-key-0150")) {
 				t.Fatal("want exactly one copy of the record to damage: the last commit's")
 			}
-			c.damage(t, img, i, psize)
+			c.damage(img, i, psize)
 			damaged := filepath.Join(dir, "damaged.db")
 			if err := os.WriteFile(damaged, img, 0o600); err != nil {
 				t.Fatal(err)

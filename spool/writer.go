@@ -394,8 +394,7 @@ func (s *Spool) execute(batch []*op, w *pending, noSync bool) (*txn, error) {
 	// With two, a newest tree that fails the check is damage, and Open
 	// salvages and reports it.
 	s.db.NoSync = noSync
-	run := func() (*txn, error) { return s.runBatches(w.base, batch, w.apply) }
-	t, err := run()
+	t, err := s.runBatches(w.base, batch, w.apply)
 	if err != nil && t != nil {
 		s.release(t.reserved) // rolled back: nothing reserved was deleted
 	}
@@ -428,7 +427,7 @@ func (s *Spool) execute(batch []*op, w *pending, noSync bool) (*txn, error) {
 				}
 			}
 		}
-		t, err = run()
+		t, err = s.runBatches(w.base, batch, w.apply)
 		if err != nil && t != nil {
 			s.release(t.reserved)
 		}
