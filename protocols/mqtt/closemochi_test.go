@@ -53,7 +53,7 @@ func TestCloseMochiSkipsGetByListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := &closerListener{Net: listeners.NewNet("up", nl)}
-	if err := ms.AddListener(ln); err != nil {
+	if err := ms.AddListener(GuardListener(ln)); err != nil { // as the upstreams do
 		t.Fatal(err)
 	}
 	go func() { _ = ms.Serve() }()
