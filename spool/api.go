@@ -242,8 +242,16 @@ type SalvageReport struct {
 	RawScan bool `json:"raw_scan"`
 	// StateKept is the local state records (state.go) copied; the raw
 	// page scan does not look for state.
-	StateKept int       `json:"state_kept"`
-	Completed time.Time `json:"completed"`
+	StateKept int `json:"state_kept"`
+	// StateLost is the state records seen but unreadable in the newest
+	// tree. StateDamaged names the kinds of state ("retained", "clients",
+	// "subscriptions", "inflight") that may have lost more than those: a
+	// page of their bucket could not be read, or (every kind) the newest
+	// tree could not be walked at all; the older tree's state is not
+	// brought back (it may be stale).
+	StateLost    int       `json:"state_lost"`
+	StateDamaged []string  `json:"state_damaged,omitempty"`
+	Completed    time.Time `json:"completed"`
 }
 
 // LostText is Lost for people: "3", or "unknown, at least 3".
@@ -254,8 +262,21 @@ func (r *SalvageReport) LostText() string {
 	return fmt.Sprint(r.Lost)
 }
 
+// StateLostText is StateLost for people: "3", or "unknown, at least 3, of
+// retained, clients" with StateDamaged.
+func (r *SalvageReport) StateLostText() string {
+	if len(r.StateDamaged) > 0 {
+		return fmt.Sprintf("unknown, at least %d, of %s", r.StateLost, strings.Join(r.StateDamaged, ", "))
+	}
+	return fmt.Sprint(r.StateLost)
+}
+
 func (r *SalvageReport) String() string {
-	return fmt.Sprintf("salvaged spool: kept %d messages, lost %s, damaged file moved to %s (cause: %s)", r.Kept, r.LostText(), r.Damaged, r.Cause)
+	state := ","
+	if r.StateLost > 0 || len(r.StateDamaged) > 0 {
+		state = fmt.Sprintf("; local state: kept %d, lost %s;", r.StateKept, r.StateLostText())
+	}
+	return fmt.Sprintf("salvaged spool: kept %d messages, lost %s%s damaged file moved to %s (cause: %s)", r.Kept, r.LostText(), state, r.Damaged, r.Cause)
 }
 
 // Errors. Callers compare with errors.Is.

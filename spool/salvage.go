@@ -205,6 +205,7 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 	var state []stateRecord
 	if b, err := openBoltFile(path); err != nil {
 		exact = false
+		rep.StateDamaged = stateKindNames(nil, true)
 	} else {
 		order := []int{b.cur}
 		if o := b.other(); o >= 0 {
@@ -215,6 +216,8 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 			c, damaged, _, err := b.walkContents(&b.metas[i], true, keep)
 			if n == 0 {
 				state = c.state
+				// A tree not walked to its buckets may have held any state.
+				rep.StateLost, rep.StateDamaged = c.stateBad, stateKindNames(c.stateDamaged, err != nil)
 			}
 			nextID = max(nextID, c.nextID, c.maxID+1)
 			if n > 0 {

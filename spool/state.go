@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -333,6 +334,7 @@ type stateRecord struct {
 func (c *contents) stateRecord(bucket string, k, v []byte, keep bool) {
 	if _, _, err := decodeState(k, v); err != nil {
 		c.bad++
+		c.stateBad++
 		if c.firstBad == nil {
 			c.firstBad = &damage{bucket: bucket, key: clone(k), err: err}
 		}
@@ -341,6 +343,18 @@ func (c *contents) stateRecord(bucket string, k, v []byte, keep bool) {
 	if keep {
 		c.state = append(c.state, stateRecord{bucket: bucket, key: clone(k), value: clone(v)})
 	}
+}
+
+// stateKindNames names the kinds of state of the buckets in damaged
+// (StateKindNames), in StateKind order; every kind with all.
+func stateKindNames(damaged []string, all bool) []string {
+	var names []string
+	for k, b := range bktState {
+		if all || slices.Contains(damaged, string(b)) {
+			names = append(names, StateKindNames[k])
+		}
+	}
+	return names
 }
 
 // writeState copies the salvaged state records into the fresh file at

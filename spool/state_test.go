@@ -231,6 +231,11 @@ func TestStateSalvage(t *testing.T) {
 	if rep.Kept != 20 || rep.StateKept != 1 || s.Stats().Messages != 20 {
 		t.Fatalf("kept %d messages and %d state records (want 20, 1); %d queued", rep.Kept, rep.StateKept, s.Stats().Messages)
 	}
+	// The damaged record is counted, and the kinds of state whose pages
+	// were all read are not named as damaged.
+	if rep.StateLost != 1 || len(rep.StateDamaged) != 0 || !strings.Contains(rep.String(), "local state: kept 1, lost 1") {
+		t.Fatalf("report %+v (%s): want 1 state record lost, no kind damaged", rep, rep)
+	}
 	if got := stateMap(t, s, spool.StateRetained, ""); got["good"] != "intact-value" {
 		t.Fatalf("retained after salvage = %v", got)
 	}

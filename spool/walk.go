@@ -225,6 +225,9 @@ type treeWalk struct {
 	m     *metaPage
 	seen  pageSet
 	pages int
+	// skip, when set, is told of a child page that failed; true goes on
+	// with the next child instead of ending the walk (salvage of state).
+	skip func(err error) bool
 }
 
 func (b *boltFile) newWalk(m *metaPage) *treeWalk {
@@ -263,7 +266,11 @@ func (w *treeWalk) page(id uint64, depth int, lo, hi []byte, visit leafVisit) ([
 	}
 	w.pages++
 	return walkElements(p, id, lo, hi, func(child uint64, clo, chi []byte, _ int) ([]byte, error) {
-		return w.page(child, depth+1, clo, chi, visit)
+		k, err := w.page(child, depth+1, clo, chi, visit)
+		if err != nil && w.skip != nil && w.skip(err) {
+			return nil, nil // the next child is checked against this one's first key
+		}
+		return k, err
 	}, visit)
 }
 
@@ -416,6 +423,9 @@ type contents struct {
 	buckets   int
 	salvage   []byte        // meta/salvage: the last salvage report
 	state     []stateRecord // intact state records, with boltFile.keepState
+	stateBad  int           // state records that fail their check
+	// stateDamaged: the state buckets a page of which could not be read.
+	stateDamaged []string
 }
 
 var knownBuckets = func() map[string]int {
@@ -484,12 +494,27 @@ func (b *boltFile) walkContents(m *metaPage, keepGoing bool, visit func(id uint6
 			}
 			return nil
 		}
-		if err := w.bucket(sb.root, sb.inline, visitOne); err != nil {
+		// A salvage keeps every intact state record: past a damaged page
+		// of a state bucket the walk goes on with the next (the raw page
+		// scan finds messages, not state).
+		var skipped []error
+		if keepGoing && role == roleState {
+			w.skip = func(err error) bool { skipped = append(skipped, err); return true }
+		}
+		err := w.bucket(sb.root, sb.inline, visitOne)
+		w.skip = nil
+		if err != nil {
+			skipped = append(skipped, err)
+		}
+		for _, err := range skipped {
 			err = inBucket(sb.name, err)
 			if !keepGoing {
 				return c, damaged, w, err
 			}
 			damaged = append(damaged, err)
+		}
+		if len(skipped) > 0 && role == roleState {
+			c.stateDamaged = append(c.stateDamaged, sb.name)
 		}
 		if sb.name == string(bktMeta) {
 			c.meta = true
