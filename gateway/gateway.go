@@ -105,7 +105,8 @@ func New(cfg *config.Config, o Options) (*Gateway, error) {
 		return nil, err
 	}
 	if rep := g.sp.Salvaged(); rep != nil {
-		log.Warn("spool was damaged and has been salvaged", "kept", rep.Kept, "lost", rep.LostText(), "damaged_file", rep.Damaged)
+		log.Warn("spool was damaged and has been salvaged", "kept", rep.Kept, "lost", rep.LostText(),
+			"state_kept", rep.StateKept, "state_lost", rep.StateLostText(), "damaged_file", rep.Damaged)
 	}
 	g.ups = []*upstream{{name: config.MainUpstream, sp: g.sp}}
 	if err := g.openUpstreams(); err != nil {

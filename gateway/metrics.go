@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -274,6 +275,9 @@ var (
 	dSalvageKept   = desc("ferry_spool_salvage_kept_messages", "Messages that salvage kept.")
 	dSalvageLost   = desc("ferry_spool_salvage_lost_messages", "Messages that salvage lost; the least number lost when ferry_spool_salvage_lost_unknown is 1.")
 	dSalvageUnkn   = desc("ferry_spool_salvage_lost_unknown", "1 when the salvage could not count what it lost exactly (it scanned raw pages).")
+	dSalvageStKept = desc("ferry_spool_salvage_kept_state_records", "Local state records (retained messages, sessions, their subscriptions and queues) that salvage kept.")
+	dSalvageStLost = desc("ferry_spool_salvage_lost_state_records", "Local state records that salvage found unreadable; the least number lost when a kind has ferry_spool_salvage_state_damaged 1.")
+	dSalvageStDmg  = desc("ferry_spool_salvage_state_damaged", "1 when salvage could not read a page of this kind of local state: records of it may be lost beyond those counted.", "kind")
 
 	dConnected       = desc("ferry_ingress_connected_clients", "Clients connected now.", "protocol")
 	dIngressRejected = desc("ferry_ingress_rejected_total", "Messages and connections refused, by protocol and reason.", "protocol", "reason")
@@ -300,7 +304,7 @@ var (
 	allScrapeDescs = []*prometheus.Desc{dBuildInfo, dUptime, dDepthMsgs, dDepthBytes, dLaneOldest, dOldest, dLeased,
 		dDLQMsgs, dDLQBytes, dRetainedMsgs, dRetainedBytes, dDedupe, dFull, dFileSize, dStoredBytes, dMaxBytes, dMaxMessages, dAccepted, dDuplicates, dAcked,
 		dNacked, dDeadLettered, dRejected, dDropped, dCommits, dCommitOps, dCommitSecs, dSyncs, dCommitDur, dDiskFull,
-		dSpoolFailed, dSalvageTime, dSalvageKept, dSalvageLost, dSalvageUnkn, dConnected,
+		dSpoolFailed, dSalvageTime, dSalvageKept, dSalvageLost, dSalvageUnkn, dSalvageStKept, dSalvageStLost, dSalvageStDmg, dConnected,
 		dIngressRejected, dLocalDropped, dSlowConsumers, dIngressDups, dPendingClosed, dLoginFailures, dLinkState, dLinkSince, dInFlight, dReconnects, dPublished, dBridgeAcked,
 		dResent, dStalls, dBridgeDead, dDownstream, dUpstreamErrs, dDrainETA, dAckRate, dAcceptRate}
 )
@@ -384,6 +388,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dSalvageKept, float64(sv.Kept))
 		gauge(dSalvageLost, float64(sv.Lost))
 		gauge(dSalvageUnkn, b2f(sv.LostUnknown))
+		gauge(dSalvageStKept, float64(sv.StateKept))
+		gauge(dSalvageStLost, float64(sv.StateLost))
+		for _, kind := range spool.StateKindNames {
+			gauge(dSalvageStDmg, b2f(slices.Contains(sv.StateDamaged, kind)), kind)
+		}
 		r := m.current(now)
 		gauge(dAcceptRate, r.AcceptedPerSecond)
 		gauge(dAckRate, r.AckedPerSecond)

@@ -73,7 +73,8 @@ func testSources() (*fakeSpool, *clock, MetricsOptions) {
 		s.Commits, s.CommitOps, s.CommitTime, s.Syncs = 20, 100, 1500*time.Millisecond, 40
 		s.CommitDurations[3], s.CommitDurations[7], s.CommitDurations[len(spool.CommitBuckets)] = 15, 4, 1
 		s.DiskFull = true
-		s.Salvage = &spool.SalvageReport{Kept: 990, Lost: 10, LostUnknown: true, Completed: t0.Add(-time.Hour), Damaged: "x.damaged", Cause: "c"}
+		s.Salvage = &spool.SalvageReport{Kept: 990, Lost: 10, LostUnknown: true, Completed: t0.Add(-time.Hour), Damaged: "x.damaged", Cause: "c",
+			StateKept: 40, StateLost: 2, StateDamaged: []string{"retained"}}
 	})
 	ingress := func() []IngressStats {
 		return []IngressStats{
@@ -202,6 +203,12 @@ func TestMetricsValues(t *testing.T) {
 		"ferry_spool_salvage_kept_messages":                                 990,
 		"ferry_spool_salvage_lost_messages":                                 10,
 		"ferry_spool_salvage_lost_unknown":                                  1,
+		"ferry_spool_salvage_kept_state_records":                            40,
+		"ferry_spool_salvage_lost_state_records":                            2,
+		"ferry_spool_salvage_state_damaged{kind=retained}":                  1,
+		"ferry_spool_salvage_state_damaged{kind=clients}":                   0,
+		"ferry_spool_salvage_state_damaged{kind=subscriptions}":             0,
+		"ferry_spool_salvage_state_damaged{kind=inflight}":                  0,
 		"ferry_ingress_connected_clients{protocol=mqtt}":                    4,
 		"ferry_ingress_connected_clients{protocol=stomp}":                   1,
 		"ferry_ingress_accepted_total{lane=5,protocol=mqtt}":                60,

@@ -738,6 +738,9 @@ func printStats(w io.Writer, where string, st spool.Stats) {
 	if r := st.Salvage; r != nil {
 		fmt.Fprintf(w, "  salvaged           %s: kept %d messages, lost %s; damaged file %s\n", r.Completed.Local().Format(time.RFC3339), r.Kept, r.LostText(), r.Damaged)
 		fmt.Fprintf(w, "                     cause: %s\n", r.Cause)
+		if r.StateKept > 0 || r.StateLost > 0 || len(r.StateDamaged) > 0 {
+			fmt.Fprintf(w, "                     local state: kept %d records, lost %s\n", r.StateKept, r.StateLostText())
+		}
 		if r.RawScan {
 			fmt.Fprintln(w, "                     (pages were scanned: some kept messages may have been delivered before)")
 		}
