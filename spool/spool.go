@@ -361,7 +361,8 @@ func (s *Spool) open() error {
 			return fmt.Errorf("spool: salvage %s: %w (cause: %w)", s.path, err, ce)
 		}
 		s.salvage = rep
-		s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.LostText(), "damaged_file", rep.Damaged, "raw_scan", rep.RawScan)
+		s.log.Warn("spool salvaged", "path", s.path, "kept", rep.Kept, "lost", rep.LostText(),
+			"state_kept", rep.StateKept, "state_lost", rep.StateLostText(), "damaged_file", rep.Damaged, "raw_scan", rep.RawScan)
 	}
 }
 
