@@ -247,8 +247,10 @@ type SalvageReport struct {
 	// tree. StateDamaged names the kinds of state ("retained", "clients",
 	// "subscriptions", "inflight") that may have lost more than those: a
 	// page of their bucket could not be read, or (every kind) the newest
-	// tree could not be walked at all; the older tree's state is not
-	// brought back (it may be stale).
+	// tree could not be walked at all, or a meta page was damaged (the
+	// tree walked may be a commit older: its state is kept, and may be
+	// stale). The state of a tree older than the newest readable one is
+	// never brought back.
 	StateLost    int       `json:"state_lost"`
 	StateDamaged []string  `json:"state_damaged,omitempty"`
 	Completed    time.Time `json:"completed"`

@@ -248,6 +248,9 @@ func TestInterruptedCreateIsStarted(t *testing.T) {
 			if s.Salvaged() == nil {
 				t.Fatal("no report: the remains were not moved aside")
 			}
+			if d := s.Salvaged().StateDamaged; len(d) != 0 {
+				t.Fatalf("StateDamaged = %q: a file whose creation was cut short never held state", d)
+			}
 			if _, err := s.Put(t.Context(), spool.Entry{Data: []byte("x")}); err != nil {
 				t.Fatal(err)
 			}

@@ -33,6 +33,10 @@ const (
 // salvage scans raw pages as well to find what that transaction wrote.
 var errMetaDamaged = errors.New("meta page damaged")
 
+// errCreateCut: the file is what bbolt writes when it creates one, cut
+// short (a power cut during the first start): it never held anything.
+var errCreateCut = fmt.Errorf("%w: a new spool file whose creation was cut short", errMetaDamaged)
+
 // checkHeader validates bbolt's two meta pages itself, before bbolt opens
 // the file: a file with no valid meta is not a bbolt file (ErrNotSpool,
 // unless Ferry records can be found in it), one bad meta page is damage.
@@ -97,7 +101,7 @@ func notSpoolOrDamaged(path string, why error) error {
 		return &CorruptionError{Path: path, Bucket: "(root)", Err: fmt.Errorf("%w: %w, but it holds %d Ferry records", errMetaDamaged, why, len(recs))}
 	}
 	if b, err := readSmall(path, 4*maxCreatePage); err == nil && interruptedCreate(b) {
-		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w: a new spool file whose creation was cut short", errMetaDamaged, why)}
+		return &CorruptionError{Path: path, Err: fmt.Errorf("%w: %w", errCreateCut, why)}
 	}
 	return fmt.Errorf("%w: %s: %w", ErrNotSpool, path, why)
 }
@@ -199,13 +203,18 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 		}
 	}
 	exact := !errors.Is(cause, errMetaDamaged)
+	// With a meta page damaged, the tree of the other one may be a commit
+	// older, its state stale or short of the last commit's: every kind is
+	// named, as the messages' count is unknown (a file whose creation was
+	// cut short never held any).
+	stateUnknown := !exact && !errors.Is(cause, errCreateCut)
 	expected := int64(-1)
 	var bad []uint64
 	nextID := uint64(1)
 	var state []stateRecord
 	if b, err := openBoltFile(path); err != nil {
 		exact = false
-		rep.StateDamaged = stateKindNames(nil, true)
+		rep.StateDamaged = stateKindNames(nil, !errors.Is(cause, errCreateCut))
 	} else {
 		order := []int{b.cur}
 		if o := b.other(); o >= 0 {
@@ -217,7 +226,7 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 			if n == 0 {
 				state = c.state
 				// A tree not walked to its buckets may have held any state.
-				rep.StateLost, rep.StateDamaged = c.stateBad, stateKindNames(c.stateDamaged, err != nil)
+				rep.StateLost, rep.StateDamaged = c.stateBad, stateKindNames(c.stateDamaged, stateUnknown || err != nil)
 			}
 			nextID = max(nextID, c.nextID, c.maxID+1)
 			if n > 0 {

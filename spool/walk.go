@@ -225,9 +225,9 @@ type treeWalk struct {
 	m     *metaPage
 	seen  pageSet
 	pages int
-	// skip, when set, is told of a child page that failed; true goes on
-	// with the next child instead of ending the walk (salvage of state).
-	skip func(err error) bool
+	// skip, when set, is told of a child page that failed, and the walk
+	// goes on with the next child instead of ending (salvage of state).
+	skip func(err error)
 }
 
 func (b *boltFile) newWalk(m *metaPage) *treeWalk {
@@ -267,7 +267,8 @@ func (w *treeWalk) page(id uint64, depth int, lo, hi []byte, visit leafVisit) ([
 	w.pages++
 	return walkElements(p, id, lo, hi, func(child uint64, clo, chi []byte, _ int) ([]byte, error) {
 		k, err := w.page(child, depth+1, clo, chi, visit)
-		if err != nil && w.skip != nil && w.skip(err) {
+		if err != nil && w.skip != nil {
+			w.skip(err)
 			return nil, nil // the next child is checked against this one's first key
 		}
 		return k, err
@@ -499,7 +500,7 @@ func (b *boltFile) walkContents(m *metaPage, keepGoing bool, visit func(id uint6
 		// scan finds messages, not state).
 		var skipped []error
 		if keepGoing && role == roleState {
-			w.skip = func(err error) bool { skipped = append(skipped, err); return true }
+			w.skip = func(err error) { skipped = append(skipped, err) }
 		}
 		err := w.bucket(sb.root, sb.inline, visitOne)
 		w.skip = nil
