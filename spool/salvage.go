@@ -375,7 +375,14 @@ func rawScan(path string) ([]salvaged, int, error) {
 	return out, pages, nil
 }
 
-func scanLeaf(p []byte, seen map[uint64]record) {
+func scanLeaf(p []byte, seen map[uint64]record) { scanLeafAt(p, seen, 0) }
+
+// scanLeafAt is scanLeaf of a page at depth 0, or of an inline bucket's
+// page inside one (depth 1: Ferry nests no buckets deeper).
+func scanLeafAt(p []byte, seen map[uint64]record, depth int) {
+	if len(p) < pageHeaderSize {
+		return
+	}
 	count := int(binary.LittleEndian.Uint16(p[10:]))
 	for i := range count {
 		at := pageHeaderSize + i*leafElemSize
@@ -388,6 +395,15 @@ func scanLeaf(p []byte, seen map[uint64]record) {
 		ksize := int(binary.LittleEndian.Uint32(e[8:]))
 		vsize := int(binary.LittleEndian.Uint32(e[12:]))
 		start := at + pos
+		if flags&bucketLeafFlag != 0 && depth == 0 && pos > 0 && start+ksize+vsize <= len(p) && vsize >= bucketHdrSize+pageHeaderSize {
+			// A small bucket bbolt keeps inline: its header (root 0), then
+			// a leaf page of its own.
+			v := p[start+ksize : start+ksize+vsize]
+			if binary.LittleEndian.Uint64(v) == 0 && binary.LittleEndian.Uint16(v[bucketHdrSize+8:]) == leafPageFlag {
+				scanLeafAt(v[bucketHdrSize:], seen, 1)
+			}
+			continue
+		}
 		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recMinV2 || start+ksize+vsize > len(p) {
 			continue
 		}

@@ -140,3 +140,53 @@ func TestCreatedFileIsBboltsOwn(t *testing.T) {
 		t.Fatal("a small text file taken for an interrupted create")
 	}
 }
+
+// TestRawScanFindsInlineBuckets: bbolt keeps a small bucket (under a
+// quarter page) inline, inside its parent's leaf, flagged as a bucket. The
+// raw page scan skipped such elements, so the records of a spool holding a
+// few messages could not be found there: with both meta pages destroyed
+// Open refused the file as "not a ferry spool", and a salvage that needed
+// the scan counted them lost.
+func TestRawScanFindsInlineBuckets(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "spool.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		if _, err := s.Put(ctx, Entry{Data: fmt.Appendf(nil, "small-%02d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img := readFile(t, path)
+	clear(img[:2*os.Getpagesize()]) // both meta pages
+	if err := os.WriteFile(path, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer func() { _ = s.Close() }()
+	rep := s.Salvaged()
+	if rep == nil || rep.Kept != 12 {
+		t.Fatalf("report %v: want the 12 messages kept", rep)
+	}
+	items, err := s.TryLease(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, it := range items {
+		got[string(it.Data)] = true
+	}
+	for i := range 12 {
+		if !got[fmt.Sprintf("small-%02d", i)] {
+			t.Fatalf("small-%02d not leased after the salvage (leased %d)", i, len(items))
+		}
+	}
+}
