@@ -207,14 +207,15 @@ func salvage(path string, opts Options, cause error) (*SalvageReport, error) {
 	// older, its state stale or short of the last commit's: every kind is
 	// named, as the messages' count is unknown (a file whose creation was
 	// cut short never held any).
-	stateUnknown := !exact && !errors.Is(cause, errCreateCut)
+	createCut := errors.Is(cause, errCreateCut)
+	stateUnknown := !exact && !createCut
 	expected := int64(-1)
 	var bad []uint64
 	nextID := uint64(1)
 	var state []stateRecord
 	if b, err := openBoltFile(path); err != nil {
 		exact = false
-		rep.StateDamaged = stateKindNames(nil, !errors.Is(cause, errCreateCut))
+		rep.StateDamaged = stateKindNames(nil, !createCut)
 	} else {
 		order := []int{b.cur}
 		if o := b.other(); o >= 0 {
@@ -395,16 +396,20 @@ func scanLeafAt(p []byte, seen map[uint64]record, depth int) {
 		ksize := int(binary.LittleEndian.Uint32(e[8:]))
 		vsize := int(binary.LittleEndian.Uint32(e[12:]))
 		start := at + pos
-		if flags&bucketLeafFlag != 0 && depth == 0 && pos > 0 && start+ksize+vsize <= len(p) && vsize >= bucketHdrSize+pageHeaderSize {
+		if pos <= 0 || start+ksize+vsize > len(p) {
+			continue
+		}
+		if flags&bucketLeafFlag != 0 {
 			// A small bucket bbolt keeps inline: its header (root 0), then
 			// a leaf page of its own.
 			v := p[start+ksize : start+ksize+vsize]
-			if binary.LittleEndian.Uint64(v) == 0 && binary.LittleEndian.Uint16(v[bucketHdrSize+8:]) == leafPageFlag {
+			if depth == 0 && len(v) >= bucketHdrSize+pageHeaderSize && binary.LittleEndian.Uint64(v) == 0 &&
+				binary.LittleEndian.Uint16(v[bucketHdrSize+8:]) == leafPageFlag {
 				scanLeafAt(v[bucketHdrSize:], seen, 1)
 			}
 			continue
 		}
-		if flags&bucketLeafFlag != 0 || ksize != 8 || pos <= 0 || start < 0 || vsize < recMinV2 || start+ksize+vsize > len(p) {
+		if ksize != 8 || vsize < recMinV2 {
 			continue
 		}
 		r, err := decodeRecord(p[start:start+ksize], p[start+ksize:start+ksize+vsize])

@@ -498,23 +498,23 @@ func (b *boltFile) walkContents(m *metaPage, keepGoing bool, visit func(id uint6
 		// A salvage keeps every intact state record: past a damaged page
 		// of a state bucket the walk goes on with the next (the raw page
 		// scan finds messages, not state).
-		var skipped []error
+		var errs []error
 		if keepGoing && role == roleState {
-			w.skip = func(err error) { skipped = append(skipped, err) }
+			w.skip = func(err error) { errs = append(errs, err) }
 		}
 		err := w.bucket(sb.root, sb.inline, visitOne)
 		w.skip = nil
 		if err != nil {
-			skipped = append(skipped, err)
+			errs = append(errs, err)
 		}
-		for _, err := range skipped {
+		for _, err := range errs {
 			err = inBucket(sb.name, err)
 			if !keepGoing {
 				return c, damaged, w, err
 			}
 			damaged = append(damaged, err)
 		}
-		if len(skipped) > 0 && role == roleState {
+		if len(errs) > 0 && role == roleState {
 			c.stateDamaged = append(c.stateDamaged, sb.name)
 		}
 		if sb.name == string(bktMeta) {
